@@ -1,0 +1,18 @@
+"""corsproxy: a CORS-enforcing reverse proxy.
+
+The design in one screen:
+
+* ``config`` reads YAML (keeping line numbers), validates every key and compiles the
+  result into frozen objects from ``policy``: a ``RouteTable`` of ``Route``s, each with a
+  precompiled CORS ``Policy`` whose header values are joined once at load time.
+* ``cors`` is the decision engine: pure functions that take the facts of one request and
+  return a ``Decision`` (forward or answer, which headers to add). No I/O, no aiohttp.
+* ``proxy`` does all the I/O: it normalises the path (``paths``), asks the engine, then
+  answers or streams the request to the upstream, applying the decision's headers before
+  the response is prepared.
+* ``cli`` is the only reader of argv and the environment.
+
+Imports flow one way: cli -> app -> (config, proxy) -> cors -> policy -> origins -> headers.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,264 @@
+"""Command line: the only reader of argv and the environment (SPEC 2)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from corsproxy import __version__
+from corsproxy.config import (
+    ConfigInvalid,
+    Diagnostic,
+    Overrides,
+    load_settings,
+    settings_from_flags,
+)
+from corsproxy.policy import Settings
+
+EXIT_OK = 0
+EXIT_INVALID = 2
+DEFAULT_CONFIG = "corsproxy.yaml"
+DEMO_CONFIG = Path("config") / "corsproxy.yaml"
+
+log = logging.getLogger("corsproxy")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_INVALID, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="corsproxy", description="A CORS-enforcing reverse proxy.")
+    parser.add_argument("--version", action="version", version=f"corsproxy {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    serve = commands.add_parser("serve", help="run the proxy")
+    serve.add_argument(
+        "-c", "--config", help="config file (default: $CORSPROXY_CONFIG, else ./corsproxy.yaml)"
+    )
+    serve.add_argument("--upstream", help="default upstream URL (no file needed)")
+    serve.add_argument(
+        "--allow-origin",
+        action="append",
+        dest="allow_origins",
+        metavar="ORIGIN",
+        help="allowed origin; repeat for more",
+    )
+    serve.add_argument(
+        "--allow-credentials",
+        action="store_true",
+        help="allow credentialed requests (cookies, Authorization)",
+    )
+    serve.add_argument(
+        "--listen", metavar="HOST:PORT", help="listen address (default 127.0.0.1:8080)"
+    )
+
+    check = commands.add_parser("check", help="validate a config file")
+    check.add_argument(
+        "-c", "--config", help="config file (default: $CORSPROXY_CONFIG, else ./corsproxy.yaml)"
+    )
+
+    demo = commands.add_parser("demo", help="run the proxy in front of a built-in echo upstream")
+    demo.add_argument("-c", "--config", help=f"rules to use (default: {DEMO_CONFIG})")
+    demo.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        default="127.0.0.1:8080",
+        help="proxy address (default 127.0.0.1:8080)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+    try:
+        if args.command == "check":
+            return run_check(args)
+        if args.command == "serve":
+            return run_serve(args)
+        return run_demo(args)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def config_path(explicit: str | None) -> tuple[str, bool]:
+    """(path, named): a file given by -c or $CORSPROXY_CONFIG, else ./corsproxy.yaml."""
+    if explicit:
+        return explicit, True
+    from_env = os.environ.get("CORSPROXY_CONFIG")
+    if from_env:
+        return from_env, True
+    return DEFAULT_CONFIG, False
+
+
+def print_diagnostics(diagnostics: Sequence[Diagnostic]) -> None:
+    for diagnostic in diagnostics:
+        print(diagnostic, file=sys.stderr)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    path, _ = config_path(args.config)
+    try:
+        settings, warnings = load_settings(path)
+    except ConfigInvalid as exc:
+        print_diagnostics(exc.diagnostics)
+        return EXIT_INVALID
+    print_diagnostics(warnings)
+    routes = len(settings.table.routes)
+    note = f", {len(warnings)} warning(s)" if warnings else ""
+    print(f"{path}: ok: {routes} route(s){note}")
+    return EXIT_OK
+
+
+def serve_overrides(args: argparse.Namespace) -> Overrides:
+    """Flags first, then $CORSPROXY_UPSTREAM / $CORSPROXY_ALLOW_ORIGINS (for docker run -e)."""
+    upstream = None
+    if args.upstream:
+        upstream = (args.upstream, "--upstream")
+    elif os.environ.get("CORSPROXY_UPSTREAM"):
+        upstream = (os.environ["CORSPROXY_UPSTREAM"], "$CORSPROXY_UPSTREAM")
+    origins = None
+    if args.allow_origins:
+        origins = (tuple(args.allow_origins), "--allow-origin")
+    elif os.environ.get("CORSPROXY_ALLOW_ORIGINS"):
+        listed = tuple(
+            o.strip() for o in os.environ["CORSPROXY_ALLOW_ORIGINS"].split(",") if o.strip()
+        )
+        origins = (listed, "$CORSPROXY_ALLOW_ORIGINS")
+    listen = (args.listen, "--listen") if args.listen else None
+    return Overrides(upstream, origins, args.allow_credentials, listen)
+
+
+def load_for_serve(args: argparse.Namespace) -> Settings | None:
+    overrides = serve_overrides(args)
+    path, named = config_path(args.config)
+    try:
+        if named or os.path.exists(path):
+            settings, warnings = load_settings(path, overrides)
+        elif overrides.upstream is not None:
+            settings, warnings = settings_from_flags(overrides)
+            if overrides.allow_origins is None:
+                log.warning("no --allow-origin given: every cross-origin request will be refused")
+        else:
+            print(
+                f"corsproxy: error: no config: {path} does not exist; pass -c FILE, or "
+                "--upstream URL --allow-origin ORIGIN",
+                file=sys.stderr,
+            )
+            return None
+    except ConfigInvalid as exc:
+        print_diagnostics(exc.diagnostics)
+        return None
+    print_diagnostics(warnings)
+    return settings
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from corsproxy.app import run, serve_forever
+
+    settings = load_for_serve(args)
+    if settings is None:
+        return EXIT_INVALID
+    try:
+        run(serve_forever(settings))
+    except OSError as exc:
+        print(
+            f"corsproxy: error: cannot listen on {settings.listen_host}:{settings.listen_port}: "
+            f"{exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    return EXIT_OK
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from corsproxy.app import run
+
+    path = args.config or find_demo_config()
+    if path is None:
+        print(
+            f"corsproxy: error: {DEMO_CONFIG} not found; run from the repository or pass -c FILE",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    try:
+        return run(demo(path, args.listen))
+    except OSError as exc:
+        print(
+            f"corsproxy: error: cannot listen on {args.listen}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+
+
+def find_demo_config() -> str | None:
+    for candidate in (DEMO_CONFIG, Path(__file__).resolve().parent.parent / DEMO_CONFIG):
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
+async def demo(path: str, listen: str) -> int:
+    from corsproxy.app import start
+    from corsproxy.echo import start_echo
+
+    echo_runner, echo_port = await start_echo()
+    echo_url = f"http://127.0.0.1:{echo_port}"
+    try:
+        settings, warnings = load_settings(
+            path, Overrides(listen=(listen, "--listen"), every_upstream=echo_url)
+        )
+    except ConfigInvalid as exc:
+        print_diagnostics(exc.diagnostics)
+        await echo_runner.cleanup()
+        return EXIT_INVALID
+    print_diagnostics(warnings)
+    try:
+        running = await start(settings)
+    except OSError:
+        await echo_runner.cleanup()
+        raise
+    print(DEMO_TEXT.format(proxy=running.url, echo=echo_url, config=path), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await running.stop()
+    await echo_runner.cleanup()
+    return EXIT_OK
+
+
+DEMO_TEXT = """\
+corsproxy demo: proxy {proxy} -> echo upstream {echo}, rules from {config}
+Try these in another terminal (Ctrl-C here stops the demo):
+
+  # an allowed origin: the answer carries Access-Control-Allow-Origin
+  curl -si {proxy}/api/orders -H 'Origin: https://app.example.com'
+
+  # a preflight, answered by the proxy itself (the upstream never sees it)
+  curl -si -X OPTIONS {proxy}/api/orders -H 'Origin: https://app.example.com' \\
+       -H 'Access-Control-Request-Method: PUT' -H 'Access-Control-Request-Headers: content-type'
+
+  # a disallowed origin: refused with 403 and the reason
+  curl -si {proxy}/api/orders -H 'Origin: https://evil.example.net'
+
+  # the upstream sends 'Access-Control-Allow-Origin: *' itself: the proxy strips it
+  curl -si '{proxy}/api/orders?echo_cors=1'
+
+  # a public route open to every origin
+  curl -si {proxy}/public/status -H 'Origin: https://anywhere.example.org'
+"""

@@ -1,0 +1,896 @@
+"""YAML -> validated, compiled ``Settings`` (SPEC 3).
+
+Validation collects every problem before giving up, and each one names the file, the
+line and the key path (``routes[1].cors.allow_origins[0]``). Line numbers come from the
+YAML node marks, so the file is composed into nodes rather than loaded with safe_load.
+Command-line flags and environment variables enter the same tree as nodes whose location
+names the flag, so they are validated by the same code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from corsproxy import headers as hd
+from corsproxy.cors import FORBIDDEN_METHODS
+from corsproxy.origins import (
+    NULL_ORIGIN,
+    OriginError,
+    OriginMatcher,
+    is_exact,
+    parse_origin,
+    serialise,
+)
+from corsproxy.paths import PathPattern, PatternError, compile_pattern
+from corsproxy.policy import (
+    TLS,
+    Policy,
+    Route,
+    RouteTable,
+    Settings,
+    Timeouts,
+    Upstream,
+    compile_policy,
+)
+
+# Browsers cap how long they cache a preflight; more than this is never honoured.
+CHROMIUM_MAX_AGE = 7200
+FIREFOX_MAX_AGE = 86400
+DEFAULT_LISTEN = ("127.0.0.1", 8080)
+
+TOP_KEYS = (
+    "listen",
+    "upstream",
+    "admin",
+    "workers",
+    "tls",
+    "timeouts",
+    "preserve_host",
+    "trust_forwarded",
+    "access_log",
+    "defaults",
+    "routes",
+)
+CORS_KEYS = (
+    "allow_origins",
+    "allow_methods",
+    "allow_headers",
+    "expose_headers",
+    "allow_credentials",
+    "max_age",
+    "allow_private_network",
+    "on_disallowed",
+    "preflight_status",
+    "report_only",
+)
+ROUTE_KEYS = ("path", "host", "upstream", "cors", "name")
+TIMEOUT_KEYS = ("connect", "read", "idle", "shutdown")
+TLS_KEYS = ("cert", "key")
+
+
+# --- diagnostics -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnostic:
+    where: str  # "FILE:LINE", or the flag / variable the value came from
+    path: str  # key path, e.g. routes[1].cors.allow_origins[0]
+    severity: str  # "error" | "warning"
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.path}: {self.severity}: {self.message}"
+
+
+class ConfigInvalid(Exception):
+    """The config has errors; ``diagnostics`` holds all of them (and the warnings)."""
+
+    def __init__(self, diagnostics: Sequence[Diagnostic]) -> None:
+        super().__init__("\n".join(str(d) for d in diagnostics))
+        self.diagnostics = list(diagnostics)
+
+
+# --- the located tree --------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Node:
+    """A config value with where it came from. Mappings hold Nodes keyed by str."""
+
+    value: Any
+    where: str
+
+
+def from_yaml(text: str, filename: str) -> Node | None:
+    """Compose YAML into located Nodes. Raises ConfigInvalid on a syntax error."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigInvalid([Diagnostic(f"{filename}:{line}", "yaml", "error", problem)]) from None
+    if root is None:
+        return None
+    constructor = yaml.SafeLoader("")
+    errors: list[Diagnostic] = []
+
+    def convert(node: yaml.Node, path: str) -> Node:
+        where = f"{filename}:{node.start_mark.line + 1}"
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, Node] = {}
+            for key_node, value_node in node.value:
+                key = constructor.construct_object(key_node)
+                key_text = str(key)
+                if key_text in out:
+                    errors.append(
+                        Diagnostic(
+                            f"{filename}:{key_node.start_mark.line + 1}",
+                            join(path, key_text),
+                            "error",
+                            "duplicate key",
+                        )
+                    )
+                out[key_text] = convert(value_node, join(path, key_text))
+            return Node(out, where)
+        if isinstance(node, yaml.SequenceNode):
+            return Node([convert(item, f"{path}[{i}]") for i, item in enumerate(node.value)], where)
+        try:
+            return Node(constructor.construct_object(node), where)
+        except yaml.YAMLError as exc:
+            errors.append(Diagnostic(where, path or "yaml", "error", str(exc).splitlines()[0]))
+            return Node(None, where)
+
+    tree = convert(root, "")
+    if errors:
+        raise ConfigInvalid(errors)
+    return tree
+
+
+def from_plain(value: Any, where: str) -> Node:
+    """Wrap plain Python data (from flags or the environment) as located Nodes."""
+    if isinstance(value, dict):
+        return Node({k: from_plain(v, where) for k, v in value.items()}, where)
+    if isinstance(value, list):
+        return Node([from_plain(v, where) for v in value], where)
+    return Node(value, where)
+
+
+def to_plain(node: Node | None) -> Any:
+    if node is None:
+        return None
+    if isinstance(node.value, dict):
+        return {k: to_plain(v) for k, v in node.value.items()}
+    if isinstance(node.value, list):
+        return [to_plain(v) for v in node.value]
+    return node.value
+
+
+def join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+# --- overrides from flags and environment ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """What ``serve`` flags and ``$CORSPROXY_*`` variables put on top of (or instead of) a file."""
+
+    upstream: tuple[str, str] | None = None  # (value, where it came from)
+    allow_origins: tuple[tuple[str, ...], str] | None = None
+    allow_credentials: bool = False
+    listen: tuple[str, str] | None = None
+    every_upstream: str | None = None  # demo: point every route at one upstream
+
+    @property
+    def empty(self) -> bool:
+        return self.upstream is None and self.allow_origins is None and self.listen is None
+
+
+def apply_overrides(root: Node, overrides: Overrides) -> None:
+    top = root.value
+    if overrides.upstream is not None:
+        value, where = overrides.upstream
+        top["upstream"] = Node(value, where)
+    if overrides.listen is not None:
+        value, where = overrides.listen
+        top["listen"] = Node(value, where)
+    if overrides.every_upstream is not None:
+        top["upstream"] = Node(overrides.every_upstream, "demo")
+        routes = top.get("routes")
+        if routes is not None and isinstance(routes.value, list):
+            for route in routes.value:
+                if isinstance(route.value, dict) and "upstream" in route.value:
+                    route.value["upstream"] = Node(overrides.every_upstream, "demo")
+    if overrides.allow_origins is not None:
+        origins, where = overrides.allow_origins
+        defaults = top.setdefault("defaults", Node({}, where))
+        if isinstance(defaults.value, dict):
+            defaults.value["allow_origins"] = from_plain(list(origins), where)
+    if overrides.allow_credentials:
+        defaults = top.setdefault("defaults", Node({}, "--allow-credentials"))
+        if isinstance(defaults.value, dict):
+            defaults.value["allow_credentials"] = Node(True, "--allow-credentials")
+
+
+def flags_tree(overrides: Overrides) -> Node:
+    """The no-file mode (SPEC 3.3): one permissive catch-all route, the origin is the gate."""
+    where = "--upstream"
+    root = from_plain(
+        {
+            "defaults": {
+                "allow_methods": ["*"],
+                "allow_headers": ["*"],
+                "expose_headers": ["*"],
+                "max_age": 600,
+                "allow_origins": [],
+            }
+        },
+        where,
+    )
+    apply_overrides(root, overrides)
+    return root
+
+
+# --- loading -----------------------------------------------------------------------
+
+
+def load_settings(
+    path: str, overrides: Overrides = Overrides()
+) -> tuple[Settings, list[Diagnostic]]:
+    """Read, validate and compile a config file. Raises ConfigInvalid."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigInvalid(
+            [Diagnostic(path, "file", "error", f"cannot read: {exc.strerror or exc}")]
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigInvalid([Diagnostic(path, "file", "error", "not UTF-8 text")]) from None
+    return parse_settings(text, path, overrides)
+
+
+def parse_settings(
+    text: str, filename: str, overrides: Overrides = Overrides()
+) -> tuple[Settings, list[Diagnostic]]:
+    root = from_yaml(text, filename)
+    if root is None:
+        root = Node({}, f"{filename}:1")
+    if not isinstance(root.value, dict):
+        raise ConfigInvalid(
+            [Diagnostic(root.where, "yaml", "error", "the top level must be a mapping of keys")]
+        )
+    apply_overrides(root, overrides)
+    base_dir = os.path.dirname(os.path.abspath(filename))
+    return compile_settings(root, base_dir, filename)
+
+
+def settings_from_flags(overrides: Overrides) -> tuple[Settings, list[Diagnostic]]:
+    return compile_settings(flags_tree(overrides), os.getcwd(), "<command line>")
+
+
+def compile_settings(root: Node, base_dir: str, source: str) -> tuple[Settings, list[Diagnostic]]:
+    v = Validator(base_dir)
+    settings = v.settings(root, source)
+    errors = [d for d in v.diagnostics if d.severity == "error"]
+    if errors or settings is None:
+        raise ConfigInvalid(unique(v.diagnostics))
+    return settings, unique(v.diagnostics)
+
+
+def unique(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
+    """Drop repeats (a defaults problem shows once, not once per route) and sort by line."""
+
+    def line(d: Diagnostic) -> int:
+        tail = d.where.rpartition(":")[2]
+        return int(tail) if tail.isdigit() else 0
+
+    return sorted(dict.fromkeys(diagnostics), key=line)
+
+
+# --- validation --------------------------------------------------------------------
+
+_UNSET: Any = object()
+
+
+@dataclass(slots=True)
+class CorsKeys:
+    """The CORS keys one layer (defaults or a route) sets, each with its node."""
+
+    values: dict[str, tuple[Any, Node, str]] = field(default_factory=dict)
+
+    def get(self, key: str, default: Any = _UNSET) -> Any:
+        return self.values[key][0] if key in self.values else default
+
+
+@dataclass(frozen=True, slots=True)
+class OriginEntry:
+    kind: str  # "any" | "exact" | "pattern" | "regex"
+    value: Any
+    node: Node
+    path: str
+
+
+BUILTIN_CORS: dict[str, Any] = {
+    "allow_origins": (),
+    "allow_methods": ("GET", "HEAD", "POST"),
+    "allow_headers": (),
+    "expose_headers": (),
+    "allow_credentials": False,
+    "max_age": None,
+    "allow_private_network": False,
+    "on_disallowed": "reject",
+    "preflight_status": 204,
+    "report_only": False,
+}
+
+
+class Validator:
+    """One pass over the tree; every problem is recorded, none stops the walk."""
+
+    def __init__(self, base_dir: str) -> None:
+        self.base_dir = base_dir
+        self.diagnostics: list[Diagnostic] = []
+
+    # reporting
+    def error(self, node: Node, path: str, message: str) -> None:
+        self.diagnostics.append(Diagnostic(node.where, path, "error", message))
+
+    def warn(self, node: Node, path: str, message: str) -> None:
+        self.diagnostics.append(Diagnostic(node.where, path, "warning", message))
+
+    # shapes
+    def mapping(self, node: Node, path: str, allowed: Sequence[str]) -> dict[str, Node] | None:
+        if not isinstance(node.value, dict):
+            self.error(node, path, f"expected a mapping, got {describe(node.value)}")
+            return None
+        for key, child in node.value.items():
+            if key not in allowed:
+                hint = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+                tip = f"; did you mean {hint[0]!r}?" if hint else ""
+                self.error(child, join(path, key), f"unknown key {key!r}{tip}")
+        return {k: n for k, n in node.value.items() if k in allowed}
+
+    def sequence(self, node: Node, path: str) -> list[Node] | None:
+        if not isinstance(node.value, list):
+            self.error(node, path, f"expected a list, got {describe(node.value)}")
+            return None
+        return node.value
+
+    def boolean(self, node: Node, path: str) -> bool | None:
+        if not isinstance(node.value, bool):
+            self.error(node, path, f"expected true or false, got {describe(node.value)}")
+            return None
+        return node.value
+
+    def string(self, node: Node, path: str) -> str | None:
+        if not isinstance(node.value, str) or not node.value:
+            self.error(node, path, f"expected a non-empty string, got {describe(node.value)}")
+            return None
+        return node.value
+
+    def number(self, node: Node, path: str, positive: bool = True) -> float | None:
+        value = node.value
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.error(node, path, f"expected a number of seconds, got {describe(value)}")
+            return None
+        if positive and value <= 0:
+            self.error(node, path, "must be greater than 0")
+            return None
+        return float(value)
+
+    # top level
+    def settings(self, root: Node, source: str) -> Settings | None:
+        top = self.mapping(root, "", TOP_KEYS)
+        if top is None:
+            return None
+        listen = DEFAULT_LISTEN
+        if "listen" in top:
+            listen = self.host_port(top["listen"], "listen") or DEFAULT_LISTEN
+        admin = self.host_port(top["admin"], "admin") if "admin" in top else None
+        workers = self.workers(top["workers"]) if "workers" in top else 1
+        tls = self.tls(top["tls"]) if "tls" in top else None
+        timeouts = self.timeouts(top["timeouts"]) if "timeouts" in top else Timeouts()
+        preserve_host = self.flag(top, "preserve_host")
+        trust_forwarded = self.flag(top, "trust_forwarded")
+        access_log = self.access_log(top["access_log"]) if "access_log" in top else "json"
+        upstream = self.upstream(top["upstream"], "upstream") if "upstream" in top else None
+
+        defaults = CorsKeys()
+        if "defaults" in top:
+            defaults = self.cors_keys(top["defaults"], "defaults")
+        fallback_policy = self.policy(defaults, CorsKeys(), "defaults", root)
+        fallback = Route("default", None, None, upstream, fallback_policy)
+
+        routes: list[tuple[int, Route]] = []
+        if "routes" in top:
+            items = self.sequence(top["routes"], "routes") or []
+            for index, item in enumerate(items):
+                route = self.route(item, f"routes[{index}]", defaults, upstream, root)
+                if route is not None:
+                    routes.append((index, route))
+            self.shadowed(routes, items)
+        if any(d.severity == "error" for d in self.diagnostics):
+            return None
+        return Settings(
+            table=RouteTable(tuple(r for _, r in routes), fallback),
+            listen_host=listen[0],
+            listen_port=listen[1],
+            admin=admin,
+            workers=workers or 1,
+            tls=tls,
+            timeouts=timeouts or Timeouts(),
+            preserve_host=bool(preserve_host),
+            trust_forwarded=bool(trust_forwarded),
+            access_log=access_log or "json",
+            source=source,
+            effective=to_plain(root),
+        )
+
+    def flag(self, top: dict[str, Node], key: str) -> bool:
+        return bool(self.boolean(top[key], key)) if key in top else False
+
+    def host_port(self, node: Node, path: str) -> tuple[str, int] | None:
+        text = node.value
+        if not isinstance(text, str):
+            self.error(node, path, f"expected host:port, got {describe(text)}")
+            return None
+        host, port = split_host_port(text)
+        if host is None or port is None or not 0 <= port <= 65535:
+            self.error(node, path, f"expected host:port such as 127.0.0.1:8080, got {text!r}")
+            return None
+        return host, port
+
+    def workers(self, node: Node) -> int | None:
+        value = node.value
+        if value == "auto":
+            return os.cpu_count() or 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            self.error(
+                node, "workers", f"expected a positive integer or auto, got {describe(value)}"
+            )
+            return None
+        return value
+
+    def tls(self, node: Node) -> TLS | None:
+        keys = self.mapping(node, "tls", TLS_KEYS)
+        if keys is None:
+            return None
+        paths: dict[str, str] = {}
+        for key in TLS_KEYS:
+            if key not in keys:
+                self.error(node, f"tls.{key}", "missing: tls needs both cert and key")
+                continue
+            text = self.string(keys[key], f"tls.{key}")
+            if text is None:
+                continue
+            full = text if os.path.isabs(text) else os.path.join(self.base_dir, text)
+            if not os.access(full, os.R_OK) or not os.path.isfile(full):
+                self.error(keys[key], f"tls.{key}", f"cannot read {full!r}")
+                continue
+            paths[key] = full
+        if len(paths) != 2:
+            return None
+        return TLS(paths["cert"], paths["key"])
+
+    def timeouts(self, node: Node) -> Timeouts | None:
+        keys = self.mapping(node, "timeouts", TIMEOUT_KEYS)
+        if keys is None:
+            return None
+        values: dict[str, float] = {}
+        for key, child in keys.items():
+            seconds = self.number(child, f"timeouts.{key}")
+            if seconds is not None:
+                values[key] = seconds
+        return Timeouts(**values)
+
+    def access_log(self, node: Node) -> str | None:
+        value = node.value
+        if value is False:  # YAML 1.1 reads a bare `off` as false
+            return "off"
+        if value not in ("json", "text", "off"):
+            self.error(node, "access_log", f"expected json, text or off, got {describe(value)}")
+            return None
+        return str(value)
+
+    def upstream(self, node: Node, path: str) -> Upstream | None:
+        text = self.string(node, path)
+        if text is None:
+            return None
+        upstream, problem = parse_upstream(text)
+        if problem:
+            self.error(node, path, problem)
+        return upstream
+
+    # routes
+    def route(
+        self,
+        node: Node,
+        path: str,
+        defaults: CorsKeys,
+        default_upstream: Upstream | None,
+        root: Node,
+    ) -> Route | None:
+        keys = self.mapping(node, path, ROUTE_KEYS)
+        if keys is None:
+            return None
+        pattern: PathPattern | None = None
+        if "path" not in keys:
+            self.error(node, f"{path}.path", "missing: every route needs a path pattern")
+        else:
+            text = self.string(keys["path"], f"{path}.path")
+            if text is not None:
+                try:
+                    pattern = compile_pattern(text)
+                except PatternError as exc:
+                    self.error(keys["path"], f"{path}.path", str(exc))
+        host = None
+        if "host" in keys:
+            text = self.string(keys["host"], f"{path}.host")
+            if text is not None:
+                host = split_host_port(text)[0] if ":" in text else text
+                host = (host or text).lower()
+        upstream = default_upstream
+        if "upstream" in keys:
+            upstream = self.upstream(keys["upstream"], f"{path}.upstream")
+        elif default_upstream is None:
+            self.error(node, path, "no upstream: set this route's upstream or a top-level upstream")
+        name = pattern.text if pattern is not None else path
+        if "name" in keys:
+            name = self.string(keys["name"], f"{path}.name") or name
+        policy: Policy | None
+        cors = keys.get("cors")
+        if cors is not None and cors.value == "passthrough":
+            policy = None
+        else:
+            own = self.cors_keys(cors, f"{path}.cors") if cors is not None else CorsKeys()
+            policy = self.policy(defaults, own, path, root)
+        if pattern is None:
+            return None
+        return Route(name, pattern, host, upstream, policy)
+
+    def shadowed(self, routes: list[tuple[int, Route]], items: list[Node]) -> None:
+        for j, (index, later) in enumerate(routes):
+            for _, earlier in routes[:j]:
+                if earlier.pattern is None or later.pattern is None:
+                    continue
+                if earlier.host not in (None, later.host):
+                    continue
+                if earlier.pattern.covers(later.pattern):
+                    self.warn(
+                        items[index],
+                        f"routes[{index}].path",
+                        f"never matches: the earlier route {earlier.name!r} "
+                        f"({earlier.pattern.text}) covers every path it would",
+                    )
+                    break
+
+    # CORS keys
+    def cors_keys(self, node: Node, path: str) -> CorsKeys:
+        keys = self.mapping(node, path, CORS_KEYS)
+        out = CorsKeys()
+        if keys is None:
+            if isinstance(node.value, str):
+                self.error(node, path, "expected a mapping of CORS keys or passthrough")
+            return out
+        checks: dict[str, Callable[[Node, str], Any]] = {
+            "allow_origins": self.origins,
+            "allow_methods": self.methods,
+            "allow_headers": self.header_names,
+            "expose_headers": self.expose_names,
+            "allow_credentials": self.boolean,
+            "allow_private_network": self.boolean,
+            "report_only": self.boolean,
+            "max_age": self.max_age,
+            "on_disallowed": self.on_disallowed,
+            "preflight_status": self.preflight_status,
+        }
+        for key, child in keys.items():
+            value = checks[key](child, join(path, key))
+            if value is not None or (key == "max_age" and child.value is None):
+                out.values[key] = (value, child, join(path, key))
+        return out
+
+    def origins(self, node: Node, path: str) -> tuple[OriginEntry, ...] | None:
+        items = self.sequence(node, path)
+        if items is None:
+            return None
+        out: list[OriginEntry] = []
+        for index, item in enumerate(items):
+            item_path = f"{path}[{index}]"
+            value = item.value
+            if isinstance(value, dict):
+                keys = self.mapping(item, item_path, ("regex",))
+                if keys is None or "regex" not in keys:
+                    if keys is not None:
+                        self.error(item, item_path, "expected {regex: PATTERN}")
+                    continue
+                text = self.string(keys["regex"], f"{item_path}.regex")
+                if text is None:
+                    continue
+                try:
+                    compiled = re.compile(text)
+                except re.error as exc:
+                    self.error(keys["regex"], f"{item_path}.regex", f"invalid regex: {exc}")
+                    continue
+                self.regex_warnings(keys["regex"], f"{item_path}.regex", text)
+                out.append(OriginEntry("regex", compiled, keys["regex"], f"{item_path}.regex"))
+            elif not isinstance(value, str):
+                self.error(item, item_path, f"expected an origin string, got {describe(value)}")
+            elif value == "*":
+                out.append(OriginEntry("any", "*", item, item_path))
+            elif value == NULL_ORIGIN:
+                out.append(OriginEntry("exact", NULL_ORIGIN, item, item_path))
+            else:
+                try:
+                    pattern = parse_origin(value)
+                except OriginError as exc:
+                    self.error(item, item_path, f"{value!r}: {exc}")
+                    continue
+                if is_exact(pattern):
+                    out.append(OriginEntry("exact", serialise(pattern), item, item_path))
+                else:
+                    out.append(OriginEntry("pattern", pattern, item, item_path))
+        if any(e.kind == "any" for e in out) and len(out) > 1:
+            self.warn(node, path, "'*' already allows every origin; the other entries do nothing")
+        return tuple(out)
+
+    def regex_warnings(self, node: Node, path: str, text: str) -> None:
+        if not (text.startswith("^") and text.endswith("$")):
+            self.warn(
+                node,
+                path,
+                "regex is not anchored with ^...$: it must match the whole origin anyway, "
+                "anchor it so readers see that",
+            )
+        if has_unescaped_dot(text):
+            self.warn(node, path, "regex has an unescaped '.', which matches any character")
+
+    def methods(self, node: Node, path: str) -> tuple[str, ...] | None:
+        names = self.tokens(node, path, "method")
+        if names is None:
+            return None
+        for index, name in enumerate(names):
+            item = node.value[index]
+            if name.upper() in FORBIDDEN_METHODS:
+                self.error(item, f"{path}[{index}]", f"{name!r} is a forbidden method")
+            elif name != name.upper() and name.upper() in _NORMALISED_METHODS:
+                self.warn(
+                    item,
+                    f"{path}[{index}]",
+                    f"methods are case-sensitive and browsers send {name.upper()!r}, not {name!r}",
+                )
+        return names
+
+    def header_names(self, node: Node, path: str) -> tuple[str, ...] | None:
+        return self.tokens(node, path, "header name")
+
+    def expose_names(self, node: Node, path: str) -> tuple[str, ...] | None:
+        names = self.tokens(node, path, "header name")
+        if names is None:
+            return None
+        for index, name in enumerate(names):
+            if name.lower() == hd.SET_COOKIE:
+                self.error(
+                    node.value[index], f"{path}[{index}]", "browsers never expose Set-Cookie"
+                )
+        return names
+
+    def tokens(self, node: Node, path: str, what: str) -> tuple[str, ...] | None:
+        items = self.sequence(node, path)
+        if items is None:
+            return None
+        names: list[str] = []
+        for index, item in enumerate(items):
+            value = item.value
+            if not isinstance(value, str) or not (value == "*" or hd.is_token(value)):
+                self.error(item, f"{path}[{index}]", f"not a valid {what}: {value!r}")
+                names.append("")
+                continue
+            names.append(value)
+        if "*" in names and len(names) > 1:
+            self.warn(node, path, "'*' already allows everything; the other entries do nothing")
+        if "" in names:
+            return None
+        return tuple(names)
+
+    def max_age(self, node: Node, path: str) -> int | None:
+        value = node.value
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            self.error(
+                node, path, f"expected a whole number of seconds >= 0, got {describe(value)}"
+            )
+            return None
+        if value > FIREFOX_MAX_AGE:
+            self.warn(node, path, f"{value} s: Firefox caps preflight caching at {FIREFOX_MAX_AGE}")
+        elif value > CHROMIUM_MAX_AGE:
+            self.warn(
+                node, path, f"{value} s: Chromium caps preflight caching at {CHROMIUM_MAX_AGE}"
+            )
+        return value
+
+    def on_disallowed(self, node: Node, path: str) -> str | None:
+        if node.value not in ("reject", "forward"):
+            self.error(node, path, f"expected reject or forward, got {describe(node.value)}")
+            return None
+        return str(node.value)
+
+    def preflight_status(self, node: Node, path: str) -> int | None:
+        value = node.value
+        if isinstance(value, bool) or not isinstance(value, int) or not 200 <= value <= 299:
+            self.error(
+                node, path, f"expected a 2xx status (browsers need an ok status), got {value!r}"
+            )
+            return None
+        return value
+
+    # policy: defaults merged key by key, then checked as a whole
+    def policy(self, defaults: CorsKeys, own: CorsKeys, path: str, root: Node) -> Policy | None:
+        def pick(key: str) -> Any:
+            value = own.get(key)
+            if value is _UNSET:
+                value = defaults.get(key)
+            return BUILTIN_CORS[key] if value is _UNSET else value
+
+        def source(key: str) -> tuple[Any, Node, str] | None:
+            return own.values.get(key) or defaults.values.get(key)
+
+        entries: tuple[OriginEntry, ...] = pick("allow_origins") or ()
+        credentials = bool(pick("allow_credentials"))
+        if credentials:
+            cred = source("allow_credentials")
+            cred_at = f" (set at {cred[2]})" if cred else ""
+            for entry in entries:
+                if entry.kind == "any":
+                    self.error(
+                        entry.node,
+                        entry.path,
+                        f"'*' cannot be used with allow_credentials: true{cred_at}: "
+                        "browsers refuse it; list the origins",
+                    )
+                elif insecure_origin(entry):
+                    self.warn(
+                        entry.node,
+                        entry.path,
+                        f"{entry.node.value!r} is plain http next to allow_credentials: true: "
+                        "anyone on the network path can act as it",
+                    )
+        if bool(pick("allow_private_network")) and any(e.kind == "any" for e in entries):
+            pn = source("allow_private_network")
+            if pn is not None:
+                self.warn(pn[1], pn[2], "allow_private_network with '*' origins lets any site in")
+        matcher = OriginMatcher(
+            exact=frozenset(e.value for e in entries if e.kind == "exact"),
+            patterns=tuple(e.value for e in entries if e.kind == "pattern"),
+            regexes=tuple(e.value for e in entries if e.kind == "regex"),
+            any_origin=any(e.kind == "any" for e in entries),
+        )
+        return compile_policy(
+            origins=matcher,
+            methods=tuple(pick("allow_methods")),
+            headers=tuple(pick("allow_headers")),
+            expose=tuple(pick("expose_headers")),
+            allow_credentials=credentials,
+            max_age=pick("max_age"),
+            allow_private_network=bool(pick("allow_private_network")),
+            on_disallowed=pick("on_disallowed"),
+            preflight_status=pick("preflight_status"),
+            report_only=bool(pick("report_only")),
+        )
+
+
+# Fetch "normalize a method": browsers uppercase these, and only these.
+_NORMALISED_METHODS = frozenset({"DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT"})
+
+
+# Loopback origins are potentially trustworthy (W3C Secure Contexts 3.2): no network
+# attacker sits between a browser and its own machine, so plain http there is fine.
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
+
+
+def insecure_origin(entry: OriginEntry) -> bool:
+    if entry.kind == "exact":
+        if not entry.value.startswith("http://"):
+            return False
+        host = entry.value[len("http://") :].rpartition(":")[0] or entry.value[len("http://") :]
+        return host not in _LOOPBACK_HOSTS and not host.endswith(".localhost")
+    if entry.kind == "pattern":
+        pattern = entry.value
+        return pattern.scheme == "http" and not (
+            pattern.host in _LOOPBACK_HOSTS or pattern.host.endswith("localhost")
+        )
+    return False
+
+
+def describe(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"{type(value).__name__} {value!r}"
+
+
+def split_host_port(text: str) -> tuple[str | None, int | None]:
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or text[end + 1 : end + 2] != ":":
+            return None, None
+        host, port_text = text[1:end], text[end + 2 :]
+    else:
+        host, _, port_text = text.rpartition(":")
+    if not host or not port_text.isdigit():
+        return None, None
+    return host, int(port_text)
+
+
+def parse_upstream(text: str) -> tuple[Upstream | None, str]:
+    """``http://host:port[/prefix]`` -> Upstream, or (None, why not)."""
+    scheme, sep, rest = text.partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in ("http", "https"):
+        return None, f"{text!r}: expected an http:// or https:// URL"
+    if "?" in rest or "#" in rest:
+        return None, f"{text!r}: an upstream URL has no query or fragment"
+    authority, slash, prefix = rest.partition("/")
+    if "@" in authority:
+        return None, f"{text!r}: an upstream URL has no user:password@"
+    if not authority:
+        return None, f"{text!r}: missing host"
+    host, port = authority, None
+    if authority.startswith("["):
+        end = authority.find("]")
+        if end < 0:
+            return None, f"{text!r}: invalid IPv6 host"
+        host, tail = authority[: end + 1], authority[end + 1 :]
+        if tail:
+            if not tail.startswith(":") or not tail[1:].isdigit():
+                return None, f"{text!r}: invalid port"
+            port = int(tail[1:])
+    elif ":" in authority:
+        host, _, port_text = authority.partition(":")
+        if not port_text.isdigit():
+            return None, f"{text!r}: invalid port"
+        port = int(port_text)
+    if port is not None and not 0 < port < 65536:
+        return None, f"{text!r}: invalid port"
+    host = host.lower()
+    default = 443 if scheme == "https" else 80
+    host_header = host if port in (None, default) else f"{host}:{port}"
+    base = f"{scheme}://{host}" + ("" if port is None else f":{port}")
+    prefix = ("/" + prefix).rstrip("/") if slash else ""
+    return Upstream(base, prefix, host_header), ""
+
+
+def has_unescaped_dot(pattern: str) -> bool:
+    escaped = in_class = False
+    for char in pattern:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == "[":
+            in_class = True
+        elif char == "]":
+            in_class = False
+        elif char == "." and not in_class:
+            return True
+    return False
+
+
+def format_diagnostics(diagnostics: Sequence[Diagnostic]) -> str:
+    return "\n".join(str(d) for d in diagnostics)

@@ -1,0 +1,153 @@
+"""The compiled, immutable runtime objects the per-request path reads. Pure.
+
+Everything that does not depend on the request is computed here once: origin matchers,
+lowercase name sets, and the joined header values the engine sends as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from corsproxy.origins import OriginMatcher
+from corsproxy.paths import PathPattern
+
+OnDisallowed = Literal["reject", "forward"]
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """One route's CORS policy, compiled."""
+
+    origins: OriginMatcher
+    methods: frozenset[str]  # case-sensitive tokens
+    any_method: bool
+    headers: frozenset[str]  # lowercase
+    any_header: bool
+    expose_any: bool
+    allow_credentials: bool
+    max_age: int | None
+    allow_private_network: bool
+    on_disallowed: OnDisallowed
+    preflight_status: int
+    report_only: bool
+    # Header values, joined once.
+    methods_value: str
+    headers_value: str
+    expose_value: str | None
+    max_age_value: str | None
+
+    @property
+    def literal_star_origin(self) -> bool:
+        """``allow_origins: ["*"]``: the answer is ``*`` and does not vary by origin.
+
+        Config refuses ``*`` with credentials, so ``*`` never meets a credentialed answer.
+        """
+        return self.origins.any_origin
+
+
+def compile_policy(
+    *,
+    origins: OriginMatcher,
+    methods: tuple[str, ...],
+    headers: tuple[str, ...],
+    expose: tuple[str, ...],
+    allow_credentials: bool,
+    max_age: int | None,
+    allow_private_network: bool,
+    on_disallowed: OnDisallowed,
+    preflight_status: int,
+    report_only: bool,
+) -> Policy:
+    any_expose = "*" in expose
+    return Policy(
+        origins=origins,
+        methods=frozenset(methods),
+        any_method="*" in methods,
+        headers=frozenset(h.lower() for h in headers),
+        any_header="*" in headers,
+        expose_any=any_expose,
+        allow_credentials=allow_credentials,
+        max_age=max_age,
+        allow_private_network=allow_private_network,
+        on_disallowed=on_disallowed,
+        preflight_status=preflight_status,
+        report_only=report_only,
+        methods_value=", ".join(methods),
+        headers_value=", ".join(headers),
+        expose_value=("*" if any_expose else ", ".join(expose)) if expose else None,
+        max_age_value=None if max_age is None else str(max_age),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Where a route's requests go. Only these ever get a connection."""
+
+    url: str  # scheme://host[:port], no path
+    prefix: str  # path prefix without a trailing slash, "" for none
+    host_header: str  # host[:port] as the upstream expects it in Host
+
+    def target(self, path_qs: str) -> str:
+        return self.url + self.prefix + path_qs
+
+
+PASSTHROUGH = "passthrough"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    pattern: PathPattern | None  # None: the catch-all built from `defaults`
+    host: str | None  # lowercase, no port
+    upstream: Upstream | None
+    policy: Policy | None  # None: cors: passthrough
+
+    def matches(self, host: str, path: str) -> bool:
+        if self.host is not None and host != self.host:
+            return False
+        return self.pattern is None or self.pattern.matches(path)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTable:
+    routes: tuple[Route, ...]
+    fallback: Route  # unmatched requests: `defaults` and the default `upstream`
+
+    def match(self, host: str, path: str) -> Route:
+        for route in self.routes:
+            if route.matches(host, path):
+                return route
+        return self.fallback
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 5.0
+    read: float = 60.0
+    idle: float = 75.0
+    shutdown: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class TLS:
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The whole validated config: listener settings plus the route table."""
+
+    table: RouteTable
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    admin: tuple[str, int] | None = None
+    workers: int = 1
+    tls: TLS | None = None
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    preserve_host: bool = False
+    trust_forwarded: bool = False
+    access_log: Literal["json", "text", "off"] = "json"
+    source: str = "<flags>"
+    effective: dict[str, object] = field(default_factory=dict, compare=False)

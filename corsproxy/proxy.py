@@ -1,0 +1,397 @@
+"""The HTTP layer: reads the request, asks the engine, answers or forwards (SPEC 4, 5).
+
+All I/O lives here. The CORS decision is made before anything is forwarded and applied to
+the response head before ``prepare()``; bodies stream through in bounded memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+
+import aiohttp
+from aiohttp import WSMsgType, web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from corsproxy import headers as h
+from corsproxy.cors import (
+    PASSTHROUGH,
+    Action,
+    Decision,
+    RequestFacts,
+    decide,
+    expose_value_for,
+)
+from corsproxy.paths import PathError, Target, parse_target
+from corsproxy.policy import Settings, Upstream
+
+log = logging.getLogger("corsproxy")
+
+# Large enough that a 1 GiB body moves in few, cheap reads; small enough to bound memory.
+READ_CHUNK = 256 * 1024
+BAD_GATEWAY = 502
+GATEWAY_TIMEOUT = 504
+NOT_FOUND = 404
+BAD_REQUEST = 400
+_WS_HANDSHAKE = frozenset(
+    {
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+        "sec-websocket-accept",
+    }
+)
+_NEVER_FORWARDED = h.HOP_BY_HOP | {"host", "expect"}
+
+
+class UpstreamFault(Exception):
+    """The upstream could not be reached or misbehaved; ``reason`` is a metric label."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one request came to, for logs and metrics."""
+
+    route: str
+    decision: Decision
+    upstream_status: int | None = None
+    upstream_error: str | None = None
+
+
+OUTCOME = web.RequestKey("outcome", Outcome)
+
+
+class Proxy:
+    """The request handler. ``settings`` is swapped whole on reload; each request reads it once."""
+
+    def __init__(self, settings: Settings, session: aiohttp.ClientSession) -> None:
+        self.settings = settings
+        self.session = session
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        settings = self.settings
+        host = host_without_port(request.headers.get(h.HOST, ""))
+        target: Target | None = None
+        path_error = ""
+        try:
+            target = parse_target(request.raw_path)
+            route = settings.table.match(host, target.path)
+        except PathError as exc:
+            route, path_error = settings.table.fallback, str(exc)
+        websocket = is_websocket(request)
+        decision = PASSTHROUGH
+        if route.policy is not None:
+            decision = decide(route.policy, request_facts(request, settings, websocket))
+        request[OUTCOME] = Outcome(route.name, decision)
+        if decision.action is Action.ANSWER:
+            return answer(decision)
+        if target is None:
+            return error_response(BAD_REQUEST, f"bad request path: {path_error}", decision)
+        upstream = route.upstream
+        if upstream is None:
+            return error_response(NOT_FOUND, "no route for this path", decision)
+        try:
+            if websocket:
+                return await self.forward_websocket(request, upstream, target, settings)
+            return await self.forward(request, upstream, target, decision, settings)
+        except UpstreamFault as fault:
+            request[OUTCOME].upstream_error = fault.reason
+            return error_response(fault.status, fault.message, decision)
+
+    async def forward(
+        self,
+        request: web.BaseRequest,
+        upstream: Upstream,
+        target: Target,
+        decision: Decision,
+        settings: Settings,
+    ) -> web.StreamResponse:
+        url = URL(upstream.target(target.path_qs), encoded=True)
+        out_headers = upstream_request_headers(request, upstream, settings)
+        has_body = request.body_exists
+        if has_body and request.headers.get(h.EXPECT, "").lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.timeouts.connect, sock_read=settings.timeouts.read
+        )
+        resp = await self.send(request, url, out_headers, has_body, timeout)
+        request[OUTCOME].upstream_status = resp.status
+        try:
+            response = web.StreamResponse(status=resp.status, reason=resp.reason)
+            copy_response_headers(resp.headers, response.headers, decision)
+            await response.prepare(request)
+            if request.method != "HEAD":
+                await self.stream_body(request, resp, response)
+            await response.write_eof()
+            return response
+        finally:
+            resp.close()
+
+    async def send(
+        self,
+        request: web.BaseRequest,
+        url: URL,
+        headers: CIMultiDict[str],
+        has_body: bool,
+        timeout: aiohttp.ClientTimeout,
+    ) -> aiohttp.ClientResponse:
+        # A pooled connection the upstream has just closed fails before any byte of the
+        # answer; a request without a body is safe to send once more on a fresh one.
+        attempts = 1 if has_body else 2
+        for attempt in range(attempts):
+            try:
+                return await self.session.request(
+                    request.method,
+                    url,
+                    headers=headers,
+                    data=request.content if has_body else None,
+                    allow_redirects=False,
+                    timeout=timeout,
+                )
+            except aiohttp.ServerDisconnectedError:
+                if attempt + 1 < attempts:
+                    continue
+                raise UpstreamFault(
+                    BAD_GATEWAY, "protocol", "upstream closed the connection"
+                ) from None
+            except (aiohttp.ConnectionTimeoutError, TimeoutError):
+                raise UpstreamFault(
+                    GATEWAY_TIMEOUT, "timeout", "upstream did not answer in time"
+                ) from None
+            except (aiohttp.ClientConnectorError, aiohttp.ClientOSError):
+                raise UpstreamFault(BAD_GATEWAY, "connect", "upstream unreachable") from None
+            except aiohttp.ClientError:
+                raise UpstreamFault(
+                    BAD_GATEWAY, "protocol", "upstream sent an invalid response"
+                ) from None
+        raise AssertionError("unreachable")
+
+    async def stream_body(
+        self,
+        request: web.BaseRequest,
+        resp: aiohttp.ClientResponse,
+        response: web.StreamResponse,
+    ) -> None:
+        """Copy the body chunk by chunk as it arrives (SSE events are flushed one by one).
+
+        A failure after the head was sent cannot become a 502: the client connection is
+        cut instead, so a truncated body is never mistaken for a whole one.
+        """
+        try:
+            while True:
+                chunk = await resp.content.readany()
+                if not chunk:
+                    return
+                await response.write(chunk)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            reason = "timeout" if isinstance(exc, TimeoutError) else "protocol"
+            request[OUTCOME].upstream_error = reason
+            if request.transport is not None:
+                request.transport.close()
+            raise ConnectionResetError("upstream failed mid-body") from None
+
+    async def forward_websocket(
+        self, request: web.BaseRequest, upstream: Upstream, target: Target, settings: Settings
+    ) -> web.StreamResponse:
+        scheme = "wss" if upstream.url.startswith("https") else "ws"
+        url = URL(scheme + upstream.target(target.path_qs)[upstream.url.index(":") :], encoded=True)
+        out_headers = upstream_request_headers(request, upstream, settings)
+        for name in list(out_headers):
+            if name.lower() in _WS_HANDSHAKE:
+                del out_headers[name]
+        protocols = h.split_list(request.headers.get("Sec-WebSocket-Protocol", ""))
+        try:
+            upstream_ws = await self.session.ws_connect(
+                url,
+                headers=out_headers,
+                protocols=protocols,
+                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=settings.timeouts.read),
+                autoping=True,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            raise UpstreamFault(
+                BAD_GATEWAY, "protocol", f"upstream refused the WebSocket ({exc.status})"
+            ) from None
+        except (aiohttp.ClientConnectorError, aiohttp.ClientOSError):
+            raise UpstreamFault(BAD_GATEWAY, "connect", "upstream unreachable") from None
+        except (aiohttp.ServerTimeoutError, TimeoutError):
+            raise UpstreamFault(
+                GATEWAY_TIMEOUT, "timeout", "upstream did not answer in time"
+            ) from None
+        except aiohttp.ClientError:
+            raise UpstreamFault(BAD_GATEWAY, "protocol", "upstream WebSocket failed") from None
+        request[OUTCOME].upstream_status = 101
+        client_ws = web.WebSocketResponse(
+            protocols=(upstream_ws.protocol,) if upstream_ws.protocol else ()
+        )
+        try:
+            await client_ws.prepare(request)
+            await relay(client_ws, upstream_ws)
+        finally:
+            await upstream_ws.close()
+        return client_ws
+
+
+async def relay(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
+    """Pump messages both ways until either side closes, then close the other."""
+
+    async def pump(
+        src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+        dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
+    ) -> None:
+        while True:
+            msg = await src.receive()
+            if msg.type is WSMsgType.TEXT:
+                await dst.send_str(msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                await dst.send_bytes(msg.data)
+            else:  # CLOSE, CLOSING, CLOSED, ERROR
+                code = src.close_code or aiohttp.WSCloseCode.OK
+                if not dst.closed:
+                    await dst.close(code=code, message=(msg.extra or "").encode()[:120])
+                return
+
+    tasks = [
+        asyncio.ensure_future(pump(client, upstream)),
+        asyncio.ensure_future(pump(upstream, client)),
+    ]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+def request_facts(request: web.BaseRequest, settings: Settings, websocket: bool) -> RequestFacts:
+    headers = request.headers
+    origins = tuple(headers.getall(h.ORIGIN, ()))
+    if not origins:
+        return RequestFacts(request.method, origins, "", websocket=websocket)
+    request_headers = headers.getall(h.AC_REQUEST_HEADERS, None)
+    return RequestFacts(
+        method=request.method,
+        origins=origins,
+        addressed_origin=addressed_origin(request, settings),
+        request_method=headers.get(h.AC_REQUEST_METHOD),
+        request_headers=",".join(request_headers) if request_headers else None,
+        request_private_network=headers.get(h.AC_REQUEST_PRIVATE_NETWORK, "").lower() == "true",
+        websocket=websocket,
+    )
+
+
+def addressed_origin(request: web.BaseRequest, settings: Settings) -> str:
+    """``scheme://host[:port]`` the client addressed, to tell same-origin requests (SPEC 4.1)."""
+    scheme = "https" if settings.tls is not None else "http"
+    host = request.headers.get(h.HOST, "")
+    if settings.trust_forwarded:
+        proto = request.headers.get(h.X_FORWARDED_PROTO)
+        if proto:
+            scheme = proto.split(",")[0].strip().lower()
+        forwarded_host = request.headers.get(h.X_FORWARDED_HOST)
+        if forwarded_host:
+            host = forwarded_host.split(",")[0].strip()
+    host = host.lower()
+    default = {"http": ":80", "https": ":443"}.get(scheme)
+    if default and host.endswith(default):
+        host = host[: -len(default)]
+    return f"{scheme}://{host}"
+
+
+def host_without_port(host: str) -> str:
+    host = host.lower()
+    if host.startswith("["):
+        return host[: host.find("]") + 1]
+    return host.partition(":")[0]
+
+
+def is_websocket(request: web.BaseRequest) -> bool:
+    if request.headers.get(h.UPGRADE, "").lower() != "websocket":
+        return False
+    return "upgrade" in h.connection_listed(request.headers.getall(h.CONNECTION, ()))
+
+
+def upstream_request_headers(
+    request: web.BaseRequest, upstream: Upstream, settings: Settings
+) -> CIMultiDict[str]:
+    """The client's headers minus hop-by-hop ones, with Host and X-Forwarded-* set (SPEC 5)."""
+    incoming = request.headers
+    drop = _NEVER_FORWARDED | h.connection_listed(incoming.getall(h.CONNECTION, ()))
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in incoming.items():
+        if name.lower() not in drop:
+            out.add(name, value)
+    client_host = incoming.get(h.HOST, "")
+    out[h.HOST] = client_host if settings.preserve_host and client_host else upstream.host_header
+    prior = ", ".join(incoming.getall(h.X_FORWARDED_FOR, ()))
+    remote = request.remote or ""
+    out[h.X_FORWARDED_FOR] = f"{prior}, {remote}" if prior else remote
+    if not (settings.trust_forwarded and h.X_FORWARDED_PROTO in incoming):
+        out[h.X_FORWARDED_PROTO] = "https" if settings.tls is not None else "http"
+    if not (settings.trust_forwarded and h.X_FORWARDED_HOST in incoming) and client_host:
+        out[h.X_FORWARDED_HOST] = client_host
+    return out
+
+
+def copy_response_headers(
+    upstream: CIMultiDictProxy[str], out: CIMultiDict[str], decision: Decision
+) -> None:
+    """Upstream response head -> client response head, with the decision applied."""
+    drop = h.HOP_BY_HOP | h.connection_listed(upstream.getall(h.CONNECTION, ()))
+    for name, value in upstream.items():
+        lower = name.lower()
+        if lower in drop or (decision.strip and lower.startswith(h.ACCESS_CONTROL_PREFIX)):
+            continue
+        out.add(name, value)
+    apply_decision(out, decision, upstream.keys() if decision.expose_upstream else ())
+
+
+def apply_decision(
+    out: CIMultiDict[str], decision: Decision, upstream_names: Iterable[str] = ()
+) -> None:
+    for name, value in decision.headers:
+        out[name] = value
+    if decision.expose_upstream and decision.cors_allowed:
+        exposed = expose_value_for(upstream_names)
+        if exposed:
+            out[h.AC_EXPOSE_HEADERS] = exposed
+    if decision.vary:
+        merged = h.merge_vary(out.getall(h.VARY, ()), decision.vary)
+        if merged is not None:
+            out[h.VARY] = merged
+
+
+def answer(decision: Decision) -> web.Response:
+    """The proxy's own answer: a preflight, a 403 refusal, or a 400 for several Origins."""
+    if decision.reason:
+        prefix = "CORS preflight rejected" if decision.kind.value == "preflight" else "Rejected"
+        response = web.Response(
+            status=decision.status, text=f"{prefix}: {decision.reason}\n", content_type="text/plain"
+        )
+    else:
+        response = web.Response(status=decision.status)
+    apply_decision(response.headers, decision)
+    return response
+
+
+def error_response(status: int, message: str, decision: Decision) -> web.Response:
+    """400/404/502/504 made by the proxy. An allowed cross-origin page gets the same CORS
+    headers a forwarded response would carry, so it can read the error (SPEC 4)."""
+    response = web.Response(status=status, text=message + "\n", content_type="text/plain")
+    if not decision.cors_allowed:
+        decision = replace(decision, headers=())
+    apply_decision(response.headers, decision)
+    return response

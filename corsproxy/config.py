@@ -576,11 +576,14 @@ class Validator:
 
     # CORS keys
     def cors_keys(self, node: Node, path: str) -> CorsKeys:
-        keys = self.mapping(node, path, CORS_KEYS)
         out = CorsKeys()
+        if isinstance(node.value, str):
+            self.error(
+                node, path, f"expected a mapping of CORS keys or passthrough, got {node.value!r}"
+            )
+            return out
+        keys = self.mapping(node, path, CORS_KEYS)
         if keys is None:
-            if isinstance(node.value, str):
-                self.error(node, path, "expected a mapping of CORS keys or passthrough")
             return out
         checks: dict[str, Callable[[Node, str], Any]] = {
             "allow_origins": self.origins,

@@ -1,0 +1,99 @@
+"""README.md's commands give exactly the output it shows: the tour runs against a real demo."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def console_blocks(text: str) -> list[list[tuple[str, list[str]]]]:
+    """Each ```console block as a list of (command, expected output lines)."""
+    blocks = []
+    for body in re.findall(r"```console\n(.*?)```", text, re.S):
+        steps: list[tuple[str, list[str]]] = []
+        for line in body.splitlines():
+            if line.startswith("$ "):
+                steps.append((line[2:], []))
+            elif steps:
+                steps[-1][1].append(line)
+        blocks.append(steps)
+    return blocks
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, deadline: float = 15.0) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def shell_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+@pytest.mark.skipif(
+    shutil.which("curl") is None, reason="the tour uses curl (apt-get install curl)"
+)
+def test_tour_output_is_exactly_what_readme_shows() -> None:
+    tour = README.split("<!-- tour", 1)[1].split("## Checking a config", 1)[0]
+    steps = [step for block in console_blocks(tour) for step in block]
+    assert len(steps) >= 8
+    port = free_port()
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "corsproxy", "demo", "--listen", f"127.0.0.1:{port}"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        for command, expected in steps:
+            command = command.replace("127.0.0.1:8080", f"127.0.0.1:{port}")
+            done = subprocess.run(
+                ["bash", "-c", command], capture_output=True, text=True, timeout=20, env=shell_env()
+            )
+            got = [line.rstrip("\r") for line in done.stdout.splitlines()]
+            assert got == expected, command
+    finally:
+        demo.terminate()
+        demo.wait(timeout=10)
+
+
+def test_check_example_prints_what_readme_shows(tmp_path: Path) -> None:
+    section = README.split("## Checking a config", 1)[1]
+    yaml_text = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert yaml_text is not None
+    (tmp_path / "broken.yaml").write_text(yaml_text.group(1))
+    [[(command, expected)]] = console_blocks(section.split("## Documentation")[0])
+    done = subprocess.run(
+        ["bash", "-c", command],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=shell_env(),
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == expected

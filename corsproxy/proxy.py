@@ -22,6 +22,7 @@ from corsproxy.cors import (
     PASSTHROUGH,
     Action,
     Decision,
+    Kind,
     RequestFacts,
     decide,
     expose_value_for,
@@ -374,10 +375,17 @@ def apply_decision(
             out[h.VARY] = merged
 
 
+_REFUSAL_PREFIX = {
+    Kind.PREFLIGHT: "CORS preflight rejected",
+    Kind.ACTUAL: "CORS request rejected",
+    Kind.WEBSOCKET: "WebSocket rejected",
+}
+
+
 def answer(decision: Decision) -> web.Response:
     """The proxy's own answer: a preflight, a 403 refusal, or a 400 for several Origins."""
     if decision.reason:
-        prefix = "CORS preflight rejected" if decision.kind.value == "preflight" else "Rejected"
+        prefix = _REFUSAL_PREFIX.get(decision.kind, "Bad request")
         response = web.Response(
             status=decision.status, text=f"{prefix}: {decision.reason}\n", content_type="text/plain"
         )

@@ -12,12 +12,15 @@ from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
+from corsproxy import accesslog
 from corsproxy.policy import Settings
-from corsproxy.proxy import READ_CHUNK, Proxy
+from corsproxy.proxy import OUTCOME, READ_CHUNK, Proxy
 
 log = logging.getLogger("corsproxy")
 T = TypeVar("T")
+access_log = logging.getLogger("corsproxy.access")
 
 
 def make_session(settings: Settings) -> aiohttp.ClientSession:
@@ -63,13 +66,48 @@ class Running:
         await self.session.close()
 
 
+def access_logger_for(proxy: Proxy) -> type[AbstractAccessLogger]:
+    """aiohttp calls an access logger once the response is sent, so sizes are final."""
+
+    class AccessLogger(AbstractAccessLogger):
+        @property
+        def enabled(self) -> bool:
+            return proxy.settings.access_log != "off"
+
+        def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+            outcome = request.get(OUTCOME)
+            if outcome is None:
+                return
+            decision = outcome.decision
+            accesslog.write(
+                accesslog.record(
+                    client=request.remote,
+                    method=request.method,
+                    path=request.raw_path,
+                    status=response.status,
+                    duration=time,
+                    route=outcome.route,
+                    origin=decision.origin or request.headers.get("Origin"),
+                    kind=decision.kind.value,
+                    decision=decision.verdict.value,
+                    reason=decision.reason or outcome.upstream_error or "",
+                    upstream_status=outcome.upstream_status,
+                    size=response.body_length,
+                ),
+                proxy.settings.access_log,
+            )
+
+    return AccessLogger
+
+
 async def start(settings: Settings) -> Running:
     """Start listening. Port 0 picks a free port; ``Running.port`` tells which."""
     session = make_session(settings)
     proxy = Proxy(settings, session)
     server = web.Server(
         proxy.handle,
-        access_log=None,
+        access_log=access_log,
+        access_log_class=access_logger_for(proxy),
         keepalive_timeout=settings.timeouts.idle,
         read_bufsize=READ_CHUNK,
     )

@@ -1,0 +1,75 @@
+"""One access-log line per request (SPEC 6): JSON lines or text, on stdout."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, TextIO
+
+FIELDS = (
+    "time",
+    "client",
+    "method",
+    "path",
+    "status",
+    "duration",
+    "route",
+    "origin",
+    "kind",
+    "decision",
+    "reason",
+    "upstream_status",
+    "bytes",
+)
+
+
+def record(
+    *,
+    client: str | None,
+    method: str,
+    path: str,
+    status: int,
+    duration: float,
+    route: str,
+    origin: str | None,
+    kind: str,
+    decision: str,
+    reason: str,
+    upstream_status: int | None,
+    size: int,
+) -> dict[str, Any]:
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z",
+        "client": client,
+        "method": method,
+        "path": path,
+        "status": status,
+        "duration": round(duration, 6),
+        "route": route,
+        "origin": origin,
+        "kind": kind,
+        "decision": decision,
+        "reason": reason,
+        "upstream_status": upstream_status,
+        "bytes": size,
+    }
+
+
+def format_line(entry: dict[str, Any], style: str) -> str:
+    if style == "json":
+        return json.dumps(entry, separators=(",", ":"))
+    parts = []
+    for name in FIELDS:
+        value = entry[name]
+        text = "-" if value is None or value == "" else str(value)
+        parts.append(f"{name}={json.dumps(text) if ' ' in text or '=' in text else text}")
+    return " ".join(parts)
+
+
+def write(entry: dict[str, Any], style: str, stream: TextIO | None = None) -> None:
+    if style == "off":
+        return
+    out = stream or sys.stdout
+    out.write(format_line(entry, style) + "\n")
+    out.flush()

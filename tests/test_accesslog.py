@@ -1,0 +1,67 @@
+"""The access log (SPEC 6): one line per request with the CORS decision and its reason."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+CONFIG = """\
+upstream: {upstream}
+access_log: {style}
+defaults:
+  allow_origins: [https://app.test]
+  allow_methods: [GET, PUT]
+"""
+
+
+async def wait_lines(capsys: pytest.CaptureFixture[str], count: int) -> list[str]:
+    import asyncio
+
+    lines: list[str] = []
+    for _ in range(50):
+        lines += capsys.readouterr().out.splitlines()
+        if len(lines) >= count:
+            break
+        await asyncio.sleep(0.02)
+    return lines
+
+
+async def test_json_lines_carry_every_field(upstream, make_proxy, client, capsys) -> None:
+    proxy = await make_proxy(CONFIG, upstream=upstream.url, style="json")
+    capsys.readouterr()
+    requests = [
+        ("GET", "/a?x=1", {"Origin": "https://app.test"}),
+        ("GET", "/b", {"Origin": "https://evil.test"}),
+        ("OPTIONS", "/c", {"Origin": "https://app.test", "Access-Control-Request-Method": "PUT"}),
+        ("GET", "/d", {}),
+    ]
+    for method, path, headers in requests:
+        async with client.request(method, proxy.url + path, headers=headers) as response:
+            await response.read()
+    entries = [json.loads(line) for line in await wait_lines(capsys, 4)]
+    assert [(e["path"], e["status"], e["kind"], e["decision"]) for e in entries] == [
+        ("/a?x=1", 200, "actual", "allowed"),
+        ("/b", 403, "actual", "rejected"),
+        ("/c", 204, "preflight", "allowed"),
+        ("/d", 200, "none", "not_cors"),
+    ]
+    assert entries[1]["reason"] == "origin 'https://evil.test' is not allowed"
+    assert entries[0]["upstream_status"] == 200 and entries[1]["upstream_status"] is None
+    assert entries[0]["origin"] == "https://app.test" and entries[0]["client"] == "127.0.0.1"
+    assert all(e["bytes"] > 0 and e["duration"] >= 0 and e["route"] == "default" for e in entries)
+
+
+async def test_text_style_and_off(upstream, make_proxy, client, capsys) -> None:
+    proxy = await make_proxy(CONFIG, upstream=upstream.url, style="text")
+    capsys.readouterr()
+    async with client.get(proxy.url + "/x", headers={"Origin": "https://evil.test"}) as response:
+        await response.read()
+    [line] = await wait_lines(capsys, 1)
+    assert "status=403" in line and "decision=rejected" in line and "kind=actual" in line
+
+    quiet = await make_proxy(CONFIG, upstream=upstream.url, style="off")
+    capsys.readouterr()
+    async with client.get(quiet.url + "/x") as response:
+        await response.read()
+    assert await wait_lines(capsys, 1) == []

@@ -27,6 +27,7 @@ from corsproxy.origins import (
     is_exact,
     parse_origin,
     serialise,
+    split_origin,
 )
 from corsproxy.paths import PathPattern, PatternError, compile_pattern
 from corsproxy.policy import (
@@ -419,6 +420,8 @@ class Validator:
                 if route is not None:
                     routes.append((index, route))
             self.shadowed(routes, items)
+        if upstream is None and not routes and "upstream" not in top:
+            self.warn(root, "upstream", "no upstream and no routes: every request gets 404")
         if any(d.severity == "error" for d in self.diagnostics):
             return None
         return Settings(
@@ -537,12 +540,11 @@ class Validator:
         if "host" in keys:
             text = self.string(keys["host"], f"{path}.host")
             if text is not None:
-                host = split_host_port(text)[0] if ":" in text else text
-                host = (host or text).lower()
+                host = route_host(text)
         upstream = default_upstream
         if "upstream" in keys:
             upstream = self.upstream(keys["upstream"], f"{path}.upstream")
-        elif default_upstream is None:
+        elif default_upstream is None and "upstream" not in root.value:
             self.error(node, path, "no upstream: set this route's upstream or a top-level upstream")
         name = pattern.text if pattern is not None else path
         if "name" in keys:
@@ -567,7 +569,7 @@ class Validator:
                     continue
                 if earlier.pattern.covers(later.pattern):
                     self.warn(
-                        items[index],
+                        items[index].value["path"],
                         f"routes[{index}].path",
                         f"never matches: the earlier route {earlier.name!r} "
                         f"({earlier.pattern.text}) covers every path it would",
@@ -804,16 +806,25 @@ _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 
 def insecure_origin(entry: OriginEntry) -> bool:
     if entry.kind == "exact":
-        if not entry.value.startswith("http://"):
-            return False
-        host = entry.value[len("http://") :].rpartition(":")[0] or entry.value[len("http://") :]
-        return host not in _LOOPBACK_HOSTS and not host.endswith(".localhost")
+        parsed = split_origin(entry.value)
+        return parsed is not None and parsed.scheme == "http" and not is_loopback(parsed.host)
     if entry.kind == "pattern":
-        pattern = entry.value
-        return pattern.scheme == "http" and not (
-            pattern.host in _LOOPBACK_HOSTS or pattern.host.endswith("localhost")
-        )
+        host = entry.value.host
+        loopback = is_loopback(host) or (entry.value.subdomains and host == "localhost")
+        return entry.value.scheme == "http" and not loopback
     return False
+
+
+def is_loopback(host: str) -> bool:
+    return host in _LOOPBACK_HOSTS or host.endswith(".localhost")
+
+
+def route_host(text: str) -> str:
+    """A route's ``host``, compared with the Host header lowercased and without its port."""
+    text = text.lower()
+    if text.startswith("["):
+        return text[: text.find("]") + 1] if "]" in text else text
+    return text.partition(":")[0]
 
 
 def describe(value: Any) -> str:

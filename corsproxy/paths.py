@@ -163,4 +163,13 @@ def _encode_segment(segment: str) -> str:
         decoded = _decode_unreserved(segment) if "%" in segment else segment
     except PathError as exc:
         raise PatternError(str(exc)) from None
-    return quote(decoded, safe="!$&'()*+,;=:@%")
+    return "".join(_PATH_ENCODE.get(c) or _encode_char(c) for c in decoded)
+
+
+# The URL Standard's path percent-encode set: what a browser escapes in a path. Every other
+# printable ASCII character is sent as is, so a pattern must keep it as is to match.
+_PATH_ENCODE = {c: c for c in map(chr, range(0x21, 0x7F)) if c not in '"#<>?`{}'}
+
+
+def _encode_char(char: str) -> str:
+    return quote(char, safe="")

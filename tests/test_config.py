@@ -118,6 +118,7 @@ ERROR_CASES = [
         [(3, "defaults.allow_credentials")],
     ),
     ("upstream-not-http", "upstream: ftp://a\n", [(1, "upstream")]),
+    ("bad-upstream-reported-once", "upstream: ftp://a\nroutes:\n  - path: /x\n", [(1, "upstream")]),
     ("upstream-with-query", "upstream: http://a/?x=1\n", [(1, "upstream")]),
     ("listen-bad", "upstream: http://a\nlisten: 8080\n", [(2, "listen")]),
     ("workers-bad", "upstream: http://a\nworkers: 0\n", [(2, "workers")]),
@@ -216,6 +217,21 @@ WARNING_CASES = [
     ),
     ("route-shadowed", "routes:\n  - path: /api/**\n  - path: /api/x\n", [(4, "routes[1].path")]),
     (
+        "route-shadowed-line-is-the-path-line",
+        "routes:\n  - path: /api/**\n  - name: x\n    path: /api/x\n",
+        [(5, "routes[1].path")],
+    ),
+    (
+        "loopback-ipv6-without-port-is-fine",
+        "defaults:\n  allow_credentials: true\n  allow_origins: ['http://[::1]']\n",
+        [],
+    ),
+    (
+        "localhost-look-alike-wildcard-warns",
+        "defaults:\n  allow_credentials: true\n  allow_origins: ['http://*.evillocalhost']\n",
+        [(4, "defaults.allow_origins[0]")],
+    ),
+    (
         "route-other-host-not-shadowed",
         "routes:\n  - path: /api/**\n    host: a.test\n  - path: /api/x\n",
         [],
@@ -286,6 +302,17 @@ def test_routes_first_match_wins_and_unmatched_use_defaults() -> None:
     assert table.match("x", "/legacy/a").policy is None
     default = table.match("x", "/nothing").upstream
     assert default is not None and default.target("/x?y") == "http://default:1/v1/x?y"
+
+
+def test_no_upstream_and_no_routes_warns() -> None:
+    _, warnings = load("defaults: {allow_origins: [https://a.test]}\n")
+    assert [(d.path, d.severity) for d in warnings] == [("upstream", "warning")]
+
+
+def test_route_host_keeps_ipv6_brackets() -> None:
+    settings, _ = load("upstream: http://a\nroutes:\n  - path: /x\n    host: '[::1]:8080'\n")
+    assert settings.table.routes[0].host == "[::1]"
+    assert settings.table.match("[::1]", "/x").name == "/x"
 
 
 def test_access_log_bare_off_is_accepted() -> None:

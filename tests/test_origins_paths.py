@@ -159,6 +159,8 @@ PATTERNS = [
     ("/", "/", True, "root-exact"),
     ("/", "/x", False, "root-exact-only"),
     ("/café/**", "/caf%C3%A9/x", True, "pattern-percent-encoded-like-browsers"),
+    ("/a|b/[c]/**", "/a|b/[c]/x", True, "pattern-keeps-what-browsers-send-raw"),
+    ("/a b/**", "/a%20b", True, "pattern-space-encoded-like-browsers"),
 ]
 
 

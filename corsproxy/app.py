@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 
 from corsproxy import accesslog
 from corsproxy.policy import Settings
@@ -21,6 +22,23 @@ from corsproxy.proxy import OUTCOME, READ_CHUNK, Proxy
 log = logging.getLogger("corsproxy")
 T = TypeVar("T")
 access_log = logging.getLogger("corsproxy.access")
+
+
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a full traceback for every request it cannot parse; a malformed request
+    is the client's fault, so one line is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], HttpProcessingError):
+            exc = record.exc_info[1]
+            record.msg = "malformed request: %s"
+            record.args = (str(exc.message).splitlines()[0] if exc.message else exc.code,)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+logging.getLogger("aiohttp.server").addFilter(MalformedRequestFilter())
 
 
 def make_session(settings: Settings) -> aiohttp.ClientSession:

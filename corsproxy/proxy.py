@@ -71,6 +71,19 @@ class Outcome:
 
 
 OUTCOME = web.RequestKey("outcome", Outcome)
+AnyWebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
+class RelayedResponse(web.StreamResponse):
+    """A response whose head is the upstream's. aiohttp gives every non-empty body a
+    ``Content-Type: application/octet-stream`` by default; a relayed answer keeps only
+    the upstream's, so a response without one stays without one (browsers then sniff)."""
+
+    async def _prepare_headers(self) -> None:
+        had_type = h.CONTENT_TYPE in self.headers
+        await super()._prepare_headers()
+        if not had_type:
+            self.headers.popall(h.CONTENT_TYPE, None)
 
 
 class Proxy:
@@ -107,7 +120,7 @@ class Proxy:
                 return await self.forward_websocket(request, upstream, target, settings)
             return await self.forward(request, upstream, target, decision, settings)
         except UpstreamFault as fault:
-            request[OUTCOME].upstream_error = fault.reason
+            request[OUTCOME].upstream_error = fault.reason or None
             return error_response(fault.status, fault.message, decision)
 
     async def forward(
@@ -129,7 +142,7 @@ class Proxy:
         resp = await self.send(request, url, out_headers, has_body, timeout)
         request[OUTCOME].upstream_status = resp.status
         try:
-            response = web.StreamResponse(status=resp.status, reason=resp.reason)
+            response = RelayedResponse(status=resp.status, reason=resp.reason)
             copy_response_headers(resp.headers, response.headers, decision)
             await response.prepare(request)
             if request.method != "HEAD":
@@ -212,17 +225,29 @@ class Proxy:
             if name.lower() in _WS_HANDSHAKE:
                 del out_headers[name]
         protocols = h.split_list(request.headers.get("Sec-WebSocket-Protocol", ""))
+        # ws_connect applies no ClientTimeout to its handshake request: bound connecting
+        # and waiting for the 101 here, as `forward` does for an ordinary response head.
+        handshake = settings.timeouts.connect + settings.timeouts.read
         try:
-            upstream_ws = await self.session.ws_connect(
-                url,
-                headers=out_headers,
-                protocols=protocols,
-                timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=settings.timeouts.read),
-                autoping=True,
-            )
+            async with asyncio.timeout(handshake):
+                upstream_ws = await self.session.ws_connect(
+                    url,
+                    headers=out_headers,
+                    protocols=protocols,
+                    timeout=aiohttp.ClientWSTimeout(
+                        ws_receive=None, ws_close=settings.timeouts.read
+                    ),
+                    autoping=True,
+                )
         except aiohttp.WSServerHandshakeError as exc:
+            # A refusal such as 401 or 404 is the upstream's answer: pass its status on.
+            # Anything else (a 200, a bad 101) means the upstream speaks no WebSocket here.
+            refused = 400 <= exc.status < 600
+            request[OUTCOME].upstream_status = exc.status
             raise UpstreamFault(
-                BAD_GATEWAY, "protocol", f"upstream refused the WebSocket ({exc.status})"
+                exc.status if refused else BAD_GATEWAY,
+                "" if refused else "protocol",
+                f"upstream refused the WebSocket upgrade ({exc.status})",
             ) from None
         except (aiohttp.ClientConnectorError, aiohttp.ClientOSError):
             raise UpstreamFault(BAD_GATEWAY, "connect", "upstream unreachable") from None
@@ -245,12 +270,14 @@ class Proxy:
 
 
 async def relay(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
-    """Pump messages both ways until either side closes, then close the other."""
+    """Pump messages both ways until either side closes, then close the other with its code.
 
-    async def pump(
-        src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-        dst: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,
-    ) -> None:
+    The other direction is stopped *before* its peer is sent the Close frame: aiohttp's
+    ``close()`` called while another task sits in ``receive()`` drops the connection at once
+    instead of waiting for the peer's Close, which the peer sees as an unclean close (1006).
+    """
+
+    async def pump(src: AnyWebSocket, dst: AnyWebSocket) -> aiohttp.WSMessage:
         while True:
             msg = await src.receive()
             if msg.type is WSMsgType.TEXT:
@@ -258,23 +285,46 @@ async def relay(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocket
             elif msg.type is WSMsgType.BINARY:
                 await dst.send_bytes(msg.data)
             else:  # CLOSE, CLOSING, CLOSED, ERROR
-                code = src.close_code or aiohttp.WSCloseCode.OK
-                if not dst.closed:
-                    await dst.close(code=code, message=(msg.extra or "").encode()[:120])
-                return
+                return msg
 
-    tasks = [
-        asyncio.ensure_future(pump(client, upstream)),
-        asyncio.ensure_future(pump(upstream, client)),
-    ]
+    to_upstream = asyncio.ensure_future(pump(client, upstream))
+    to_client = asyncio.ensure_future(pump(upstream, client))
+    tasks = (to_upstream, to_client)
     try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task not in done:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        ended = to_client if to_client in done else to_upstream
+        src, dst = (upstream, client) if ended is to_client else (client, upstream)
+        msg = None if ended.cancelled() or ended.exception() else ended.result()
+        for ws in (dst, src):  # src is still open only when relaying to dst failed
+            if not ws.closed:
+                code, reason = relayed_close(msg, to_client=ws is client)
+                with contextlib.suppress(Exception):
+                    await ws.close(code=code, message=reason)
     finally:
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+def relayed_close(msg: aiohttp.WSMessage | None, to_client: bool) -> tuple[int, bytes]:
+    """The code and reason to pass on: the peer's own when it sent a Close frame (an empty
+    one counts as 1000); when it vanished without one or failed, 1011 to a client whose
+    upstream was lost, 1001 to an upstream whose client went away (1006 is never sent)."""
+    if msg is not None and msg.type is WSMsgType.CLOSE:
+        reason = (msg.extra or "").encode()
+        if len(reason) > 123:  # the most a Close frame holds; never split a character
+            reason = reason[:123].decode("utf-8", "ignore").encode()
+        return msg.data or aiohttp.WSCloseCode.OK, reason
+    if to_client:
+        return aiohttp.WSCloseCode.INTERNAL_ERROR, b"upstream connection lost"
+    return aiohttp.WSCloseCode.GOING_AWAY, b""
 
 
 def request_facts(request: web.BaseRequest, settings: Settings, websocket: bool) -> RequestFacts:
@@ -342,8 +392,11 @@ def upstream_request_headers(
     out[h.X_FORWARDED_FOR] = f"{prior}, {remote}" if prior else remote
     if not (settings.trust_forwarded and h.X_FORWARDED_PROTO in incoming):
         out[h.X_FORWARDED_PROTO] = "https" if settings.tls is not None else "http"
-    if not (settings.trust_forwarded and h.X_FORWARDED_HOST in incoming) and client_host:
-        out[h.X_FORWARDED_HOST] = client_host
+    if not (settings.trust_forwarded and h.X_FORWARDED_HOST in incoming):
+        if client_host:
+            out[h.X_FORWARDED_HOST] = client_host
+        else:  # HTTP/1.0 without Host: never pass on the client's own claim
+            out.popall(h.X_FORWARDED_HOST, None)
     return out
 
 

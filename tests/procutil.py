@@ -1,0 +1,136 @@
+"""Helpers for tests that run corsproxy as a real subprocess: free ports, waiting for a
+listener, starting and always stopping the process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def accepts(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_port(
+    port: int, timeout: float = 10.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Block until 127.0.0.1:port accepts a connection; fail fast if ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if accepts(port):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"process exited with {proc.returncode} before listening")
+        time.sleep(0.02)
+    raise AssertionError(f"nothing accepted connections on 127.0.0.1:{port} within {timeout}s")
+
+
+@dataclass
+class Proc:
+    """A running ``python -m corsproxy ...`` with its output captured in files."""
+
+    popen: subprocess.Popen[bytes]
+    stdout_path: Path
+    stderr_path: Path
+    url: str = ""
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+
+def corsproxy_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "corsproxy", *args]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment without any CORSPROXY_* variable, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORSPROXY_")}
+    env.update(extra)
+    return env
+
+
+@contextlib.contextmanager
+def running(
+    args: Sequence[str],
+    out_dir: Path,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | str = REPO,
+) -> Iterator[Proc]:
+    """Start corsproxy with ``args``; on exit SIGTERM it, then SIGKILL if it lingers."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stdout_path = out_dir / f"stdout-{time.monotonic_ns()}.txt"
+    stderr_path = out_dir / f"stderr-{time.monotonic_ns()}.txt"
+    with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
+        popen = subprocess.Popen(
+            corsproxy_cmd(*args),
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            env=env if env is not None else clean_env(),
+            cwd=cwd,
+        )
+    proc = Proc(popen, stdout_path, stderr_path)
+    try:
+        yield proc
+    finally:
+        stop(popen)
+
+
+def stop(popen: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
+    """SIGTERM, wait, SIGKILL as a last resort; returns the exit status."""
+    if popen.poll() is None:
+        popen.send_signal(signal.SIGTERM)
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait()
+    return popen.returncode
+
+
+def run(
+    args: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | str = REPO,
+    timeout: float = 30.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run corsproxy to completion and capture its output as text."""
+    return subprocess.run(
+        corsproxy_cmd(*args),
+        capture_output=True,
+        text=True,
+        env=env if env is not None else clean_env(),
+        cwd=cwd,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )

@@ -109,17 +109,22 @@ class Node:
     where: str
 
 
-def from_yaml(text: str, filename: str) -> Node | None:
-    """Compose YAML into located Nodes. Raises ConfigInvalid on a syntax error."""
+def from_yaml(text: str, filename: str) -> tuple[Node | None, list[Diagnostic]]:
+    """Compose YAML into located Nodes, with the problems (duplicate keys) found on the way.
+
+    Raises ConfigInvalid on a syntax error, since nothing after it can be trusted.
+    """
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark is not None else 1
         problem = getattr(exc, "problem", None) or str(exc)
+        if "alphabetic or numeric character" in problem:
+            problem += ' (a bare * starts a YAML alias: write "*" in quotes)'
         raise ConfigInvalid([Diagnostic(f"{filename}:{line}", "yaml", "error", problem)]) from None
     if root is None:
-        return None
+        return None, []
     constructor = yaml.SafeLoader("")
     errors: list[Diagnostic] = []
 
@@ -149,10 +154,7 @@ def from_yaml(text: str, filename: str) -> Node | None:
             errors.append(Diagnostic(where, path or "yaml", "error", str(exc).splitlines()[0]))
             return Node(None, where)
 
-    tree = convert(root, "")
-    if errors:
-        raise ConfigInvalid(errors)
-    return tree
+    return convert(root, ""), errors
 
 
 def from_plain(value: Any, where: str) -> Node:
@@ -263,7 +265,7 @@ def load_settings(
 def parse_settings(
     text: str, filename: str, overrides: Overrides = Overrides()
 ) -> tuple[Settings, list[Diagnostic]]:
-    root = from_yaml(text, filename)
+    root, problems = from_yaml(text, filename)
     if root is None:
         root = Node({}, f"{filename}:1")
     if not isinstance(root.value, dict):
@@ -272,15 +274,18 @@ def parse_settings(
         )
     apply_overrides(root, overrides)
     base_dir = os.path.dirname(os.path.abspath(filename))
-    return compile_settings(root, base_dir, filename)
+    return compile_settings(root, base_dir, filename, problems)
 
 
 def settings_from_flags(overrides: Overrides) -> tuple[Settings, list[Diagnostic]]:
     return compile_settings(flags_tree(overrides), os.getcwd(), "<command line>")
 
 
-def compile_settings(root: Node, base_dir: str, source: str) -> tuple[Settings, list[Diagnostic]]:
+def compile_settings(
+    root: Node, base_dir: str, source: str, problems: Sequence[Diagnostic] = ()
+) -> tuple[Settings, list[Diagnostic]]:
     v = Validator(base_dir)
+    v.diagnostics.extend(problems)
     settings = v.settings(root, source)
     errors = [d for d in v.diagnostics if d.severity == "error"]
     if errors or settings is None:
@@ -544,7 +549,7 @@ class Validator:
         upstream = default_upstream
         if "upstream" in keys:
             upstream = self.upstream(keys["upstream"], f"{path}.upstream")
-        elif default_upstream is None and "upstream" not in root.value:
+        elif default_upstream is None and not named_somehow(root, "upstream"):
             self.error(node, path, "no upstream: set this route's upstream or a top-level upstream")
         name = pattern.text if pattern is not None else path
         if "name" in keys:
@@ -571,8 +576,8 @@ class Validator:
                     self.warn(
                         items[index].value["path"],
                         f"routes[{index}].path",
-                        f"never matches: the earlier route {earlier.name!r} "
-                        f"({earlier.pattern.text}) covers every path it would",
+                        f"never matches: the earlier route {route_label(earlier)} "
+                        "covers every path it would",
                     )
                     break
 
@@ -580,8 +585,11 @@ class Validator:
     def cors_keys(self, node: Node, path: str) -> CorsKeys:
         out = CorsKeys()
         if isinstance(node.value, str):
+            hint = "; did you mean 'passthrough'?" if node.value.lower().startswith("pass") else ""
             self.error(
-                node, path, f"expected a mapping of CORS keys or passthrough, got {node.value!r}"
+                node,
+                path,
+                f"expected a mapping of CORS keys or passthrough, got {node.value!r}{hint}",
             )
             return out
         keys = self.mapping(node, path, CORS_KEYS)
@@ -629,6 +637,12 @@ class Validator:
                     continue
                 self.regex_warnings(keys["regex"], f"{item_path}.regex", text)
                 out.append(OriginEntry("regex", compiled, keys["regex"], f"{item_path}.regex"))
+            elif value is None:
+                self.error(
+                    item,
+                    item_path,
+                    'expected an origin string, got nothing (write "null" in quotes)',
+                )
             elif not isinstance(value, str):
                 self.error(item, item_path, f"expected an origin string, got {describe(value)}")
             elif value == "*":
@@ -817,6 +831,17 @@ def insecure_origin(entry: OriginEntry) -> bool:
 
 def is_loopback(host: str) -> bool:
     return host in _LOOPBACK_HOSTS or host.endswith(".localhost")
+
+
+def named_somehow(root: Node, key: str) -> bool:
+    """The key is set, or a misspelling of it already got its own error."""
+    keys = list(root.value) if isinstance(root.value, dict) else []
+    return key in keys or bool(difflib.get_close_matches(key, keys, n=1, cutoff=0.6))
+
+
+def route_label(route: Route) -> str:
+    pattern = route.pattern.text if route.pattern is not None else ""
+    return repr(pattern) if route.name == pattern else f"{route.name!r} ({pattern})"
 
 
 def route_host(text: str) -> str:

@@ -65,3 +65,16 @@ async def test_text_style_and_off(upstream, make_proxy, client, capsys) -> None:
     async with client.get(quiet.url + "/x") as response:
         await response.read()
     assert await wait_lines(capsys, 1) == []
+
+
+async def test_proxy_made_errors_log_their_reason(make_proxy, client, capsys) -> None:
+    proxy = await make_proxy(CONFIG, upstream="http://127.0.0.1:9", style="json")
+    capsys.readouterr()
+    for path in ("/a%2fb", "/down"):
+        async with client.get(proxy.url + path) as response:
+            await response.read()
+    entries = [json.loads(line) for line in await wait_lines(capsys, 2)]
+    assert [(e["status"], e["reason"]) for e in entries] == [
+        (400, "bad request path: path contains an encoded '/', '\\' or NUL"),
+        (502, "upstream unreachable"),
+    ]

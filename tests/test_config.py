@@ -174,6 +174,36 @@ def test_every_error_is_reported_at_once() -> None:
     ]
 
 
+def test_duplicate_key_does_not_hide_other_errors() -> None:
+    text = "upstream: http://a\ndefaults:\n  max_age: 1\n  max_age: 2\n  on_disallowed: x\n"
+    assert errors_of(text) == [(4, "defaults.max_age"), (5, "defaults.on_disallowed")]
+
+
+def test_misspelt_upstream_is_one_error_not_one_per_route() -> None:
+    text = "upstrem: http://a\nroutes:\n  - path: /a\n  - path: /b\n"
+    assert errors_of(text) == [(1, "upstrem")]
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        pytest.param("defaults:\n  allow_origins: [*]\n", 'write "*" in quotes', id="bare-star"),
+        pytest.param(
+            "defaults:\n  allow_origins: [null]\n", 'write "null" in quotes', id="bare-null"
+        ),
+        pytest.param(
+            "routes:\n  - path: /a\n    cors: passthru\n",
+            "did you mean 'passthrough'",
+            id="passthru",
+        ),
+    ],
+)
+def test_yaml_pitfalls_get_a_hint(text: str, hint: str) -> None:
+    with pytest.raises(ConfigInvalid) as caught:
+        load("upstream: http://a\n" + text)
+    assert hint in str(caught.value)
+
+
 def test_unknown_key_gets_did_you_mean() -> None:
     with pytest.raises(ConfigInvalid) as caught:
         load("upstream: http://a\ndefaults:\n  allow_orgins: []\n")

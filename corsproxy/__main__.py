@@ -1,3 +1,5 @@
 from corsproxy.cli import main
 
-raise SystemExit(main())
+# Guarded: worker processes are spawned by re-importing this module as __mp_main__.
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -16,8 +16,11 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 
 from corsproxy import accesslog
+from corsproxy.admin import AdminView, start_admin
+from corsproxy.metrics import ReloadMetrics, RequestMetrics, exposition
 from corsproxy.policy import Settings
 from corsproxy.proxy import OUTCOME, READ_CHUNK, Proxy
+from corsproxy.reload import ConfigSource, Reloader
 
 log = logging.getLogger("corsproxy")
 T = TypeVar("T")
@@ -65,11 +68,12 @@ def make_ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
 @dataclass
 class Running:
-    """A started proxy: its address, its handler (for reloads) and how to stop it."""
+    """A started proxy: its address, its handler (reloads swap its settings), how to stop it."""
 
     proxy: Proxy
     runner: web.ServerRunner
     session: aiohttp.ClientSession
+    metrics: RequestMetrics
     host: str
     port: int
 
@@ -79,24 +83,46 @@ class Running:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{scheme}://{host}:{self.port}"
 
+    def apply(self, settings: Settings) -> None:
+        """Swap in reloaded rules and timeouts; requests in flight keep the old ones."""
+        self.proxy.settings = settings
+        # aiohttp reads these two when a connection starts and when the runner stops; they
+        # have no public setter, so a reload updates the values it will read next.
+        self.runner._shutdown_timeout = settings.timeouts.shutdown
+        server = self.runner.server
+        if server is not None and isinstance(getattr(server, "_kwargs", None), dict):
+            server._kwargs["keepalive_timeout"] = settings.timeouts.idle
+
     async def stop(self) -> None:
+        """Stop accepting, let requests in flight finish (timeouts.shutdown), close the pool."""
         await self.runner.cleanup()
         await self.session.close()
 
 
-def access_logger_for(proxy: Proxy) -> type[AbstractAccessLogger]:
-    """aiohttp calls an access logger once the response is sent, so sizes are final."""
+def access_logger_for(proxy: Proxy, metrics: RequestMetrics) -> type[AbstractAccessLogger]:
+    """aiohttp calls an access logger once the response is sent, so sizes and durations are
+    final: the one place that sees every finished request logs it and counts it."""
 
     class AccessLogger(AbstractAccessLogger):
         @property
         def enabled(self) -> bool:
-            return proxy.settings.access_log != "off"
+            return True
 
         def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
             outcome = request.get(OUTCOME)
-            if outcome is None:
+            if outcome is None:  # refused by the HTTP parser before the handler ran
                 return
             decision = outcome.decision
+            metrics.observe(
+                outcome.route,
+                decision.kind.value,
+                decision.verdict.value,
+                outcome.upstream_error,
+                time,
+            )
+            style = proxy.settings.access_log
+            if style == "off":
+                return
             accesslog.write(
                 accesslog.record(
                     client=request.remote,
@@ -108,24 +134,27 @@ def access_logger_for(proxy: Proxy) -> type[AbstractAccessLogger]:
                     origin=decision.origin or request.headers.get("Origin"),
                     kind=decision.kind.value,
                     decision=decision.verdict.value,
-                    reason=decision.reason or outcome.upstream_error or "",
+                    reason=decision.reason or outcome.note,
                     upstream_status=outcome.upstream_status,
                     size=response.body_length,
                 ),
-                proxy.settings.access_log,
+                style,
             )
 
     return AccessLogger
 
 
-async def start(settings: Settings) -> Running:
+async def start(
+    settings: Settings, metrics: RequestMetrics | None = None, reuse_port: bool = False
+) -> Running:
     """Start listening. Port 0 picks a free port; ``Running.port`` tells which."""
+    metrics = metrics if metrics is not None else RequestMetrics()
     session = make_session(settings)
     proxy = Proxy(settings, session)
     server = web.Server(
         proxy.handle,
         access_log=access_log,
-        access_log_class=access_logger_for(proxy),
+        access_log_class=access_logger_for(proxy, metrics),
         keepalive_timeout=settings.timeouts.idle,
         read_bufsize=READ_CHUNK,
     )
@@ -137,6 +166,7 @@ async def start(settings: Settings) -> Running:
         settings.listen_port,
         ssl_context=make_ssl_context(settings),
         reuse_address=True,
+        reuse_port=reuse_port or None,
     )
     try:
         await site.start()
@@ -145,23 +175,53 @@ async def start(settings: Settings) -> Running:
         await session.close()
         raise
     port = runner.addresses[0][1] if runner.addresses else settings.listen_port
-    return Running(proxy, runner, session, settings.listen_host, port)
+    return Running(proxy, runner, session, metrics, settings.listen_host, port)
 
 
-async def serve_forever(settings: Settings, announce: str | None = None) -> None:
-    """Run until SIGTERM or SIGINT, then let requests in flight finish and return."""
+def stop_on_signals(*signals: signal.Signals) -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in signals:
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def serve(source: ConfigSource, settings: Settings, announce: str | None = None) -> None:
+    """One process: the proxy, the admin listener and the reloader, until SIGTERM/SIGINT."""
     running = await start(settings)
+    reload_metrics = ReloadMetrics()
+    reloader = Reloader(source, lambda: running.proxy.settings, running.apply, reload_metrics)
+    admin = None
+    try:
+        if settings.admin is not None:
+            view = AdminView(
+                ready=lambda: True,
+                metrics=lambda: exposition(running.metrics.registry, reload_metrics.registry),
+                config=lambda: running.proxy.settings.effective,
+            )
+            admin = await start_admin(view, *settings.admin)
+    except BaseException:
+        await running.stop()
+        raise
     log.info("corsproxy listening on %s", running.url)
     if announce:
         print(announce.format(url=running.url), flush=True)
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reloader.reload, "SIGHUP")
+    stop = stop_on_signals(signal.SIGTERM, signal.SIGINT)
+    watcher = asyncio.ensure_future(reloader.watch())
     try:
         await stop.wait()
+        log.info(
+            "stopping: finishing requests in flight (at most %ss)",
+            running.proxy.settings.timeouts.shutdown,
+        )
     finally:
+        watcher.cancel()
+        loop.remove_signal_handler(signal.SIGHUP)
         await running.stop()
+        if admin is not None:
+            await admin.cleanup()
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:

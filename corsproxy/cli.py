@@ -18,9 +18,9 @@ from corsproxy.config import (
     Diagnostic,
     Overrides,
     load_settings,
-    settings_from_flags,
 )
 from corsproxy.policy import Settings
+from corsproxy.reload import ConfigSource
 
 EXIT_OK = 0
 EXIT_INVALID = 2
@@ -110,7 +110,10 @@ def print_diagnostics(diagnostics: Sequence[Diagnostic]) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    path, _ = config_path(args.config)
+    path, named = config_path(args.config)
+    if not named and not os.path.exists(path):
+        print(f"corsproxy: error: no config: {path} does not exist; pass -c FILE", file=sys.stderr)
+        return EXIT_INVALID
     try:
         settings, warnings = load_settings(path)
     except ConfigInvalid as exc:
@@ -142,44 +145,45 @@ def serve_overrides(args: argparse.Namespace) -> Overrides:
     return Overrides(upstream, origins, args.allow_credentials, listen)
 
 
-def load_for_serve(args: argparse.Namespace) -> Settings | None:
+def load_for_serve(args: argparse.Namespace) -> tuple[ConfigSource, Settings] | None:
     overrides = serve_overrides(args)
     path, named = config_path(args.config)
+    if named or os.path.exists(path):
+        source = ConfigSource(path, overrides)
+    elif overrides.upstream is not None:
+        source = ConfigSource(None, overrides)
+        if overrides.allow_origins is None:
+            log.warning("no --allow-origin given: every cross-origin request will be refused")
+    else:
+        print(
+            f"corsproxy: error: no config: {path} does not exist; pass -c FILE, or "
+            "--upstream URL --allow-origin ORIGIN",
+            file=sys.stderr,
+        )
+        return None
     try:
-        if named or os.path.exists(path):
-            settings, warnings = load_settings(path, overrides)
-        elif overrides.upstream is not None:
-            settings, warnings = settings_from_flags(overrides)
-            if overrides.allow_origins is None:
-                log.warning("no --allow-origin given: every cross-origin request will be refused")
-        else:
-            print(
-                f"corsproxy: error: no config: {path} does not exist; pass -c FILE, or "
-                "--upstream URL --allow-origin ORIGIN",
-                file=sys.stderr,
-            )
-            return None
+        settings, warnings = source.load()
     except ConfigInvalid as exc:
         print_diagnostics(exc.diagnostics)
         return None
     print_diagnostics(warnings)
-    return settings
+    return source, settings
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from corsproxy.app import run, serve_forever
+    from corsproxy.app import run, serve
+    from corsproxy.workers import supervise
 
-    settings = load_for_serve(args)
-    if settings is None:
+    loaded = load_for_serve(args)
+    if loaded is None:
         return EXIT_INVALID
+    source, settings = loaded
     try:
-        run(serve_forever(settings))
+        if settings.workers > 1:
+            return supervise(source, settings)
+        run(serve(source, settings))
     except OSError as exc:
-        print(
-            f"corsproxy: error: cannot listen on {settings.listen_host}:{settings.listen_port}: "
-            f"{exc.strerror or exc}",
-            file=sys.stderr,
-        )
+        print(f"corsproxy: error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_INVALID
     return EXIT_OK
 

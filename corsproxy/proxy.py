@@ -67,7 +67,8 @@ class Outcome:
     route: str
     decision: Decision
     upstream_status: int | None = None
-    upstream_error: str | None = None
+    upstream_error: str | None = None  # connect | timeout | protocol
+    note: str = ""  # why the proxy answered an error itself, for the log
 
 
 OUTCOME = web.RequestKey("outcome", Outcome)
@@ -111,16 +112,19 @@ class Proxy:
         if decision.action is Action.ANSWER:
             return answer(decision)
         if target is None:
-            return error_response(BAD_REQUEST, f"bad request path: {path_error}", decision)
+            request[OUTCOME].note = f"bad request path: {path_error}"
+            return error_response(BAD_REQUEST, request[OUTCOME].note, decision)
         upstream = route.upstream
         if upstream is None:
-            return error_response(NOT_FOUND, "no route for this path", decision)
+            request[OUTCOME].note = "no route for this path"
+            return error_response(NOT_FOUND, request[OUTCOME].note, decision)
         try:
             if websocket:
                 return await self.forward_websocket(request, upstream, target, settings)
             return await self.forward(request, upstream, target, decision, settings)
         except UpstreamFault as fault:
             request[OUTCOME].upstream_error = fault.reason or None
+            request[OUTCOME].note = fault.message
             return error_response(fault.status, fault.message, decision)
 
     async def forward(

@@ -1,0 +1,75 @@
+"""Prometheus metrics (SPEC 6), through the official client library.
+
+With several workers, each worker process writes its samples to files in a shared folder
+(the library's multiprocess mode) and the supervisor sums them when ``/metrics`` is read.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import multiprocess as prometheus_multiprocess
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+# Most answers are local (preflights, refusals) or one upstream round trip away.
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class RequestMetrics:
+    """What each process serving requests counts."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.requests = Counter(
+            "corsproxy_requests",
+            "Requests by route, CORS kind and decision.",
+            ["route", "kind", "decision"],
+            registry=self.registry,
+        )
+        self.upstream_errors = Counter(
+            "corsproxy_upstream_errors",
+            "Upstream failures by route and reason (connect, timeout, protocol).",
+            ["route", "reason"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "corsproxy_request_duration_seconds",
+            "Time from request head to the last byte of the response, by route.",
+            ["route"],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe(
+        self, route: str, kind: str, decision: str, upstream_error: str | None, seconds: float
+    ) -> None:
+        self.requests.labels(route, kind, decision).inc()
+        if upstream_error:
+            self.upstream_errors.labels(route, upstream_error).inc()
+        self.duration.labels(route).observe(seconds)
+
+
+class ReloadMetrics:
+    """Counted once per reload by the process that reads the file."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.reloads = Counter(
+            "corsproxy_config_reloads",
+            "Config reloads by result (success, failure).",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in ("success", "failure"):
+            self.reloads.labels(result)  # both series exist from the start, at 0
+
+
+def exposition(*registries: CollectorRegistry) -> bytes:
+    return b"".join(generate_latest(registry) for registry in registries)
+
+
+def multiprocess_registry(folder: str) -> CollectorRegistry:
+    """A registry that sums what every worker wrote into ``folder``."""
+    registry = CollectorRegistry()
+    prometheus_multiprocess.MultiProcessCollector(registry, path=folder)
+    return registry

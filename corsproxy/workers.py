@@ -1,0 +1,203 @@
+"""``workers: N``: N processes serve one port (SO_REUSEPORT) under a small supervisor.
+
+The supervisor binds no proxy port. It reads and validates the config, starts the workers,
+restarts one that dies, answers the admin listener (summing the workers' metrics through
+prometheus_client's multiprocess mode), and on a valid reload tells every worker to re-read
+the file (SIGHUP). SIGTERM is passed on; each worker drains its own connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+
+from corsproxy.admin import AdminView, start_admin
+from corsproxy.app import run, start, stop_on_signals
+from corsproxy.config import ConfigInvalid
+from corsproxy.metrics import ReloadMetrics, RequestMetrics, exposition, multiprocess_registry
+from corsproxy.policy import Settings
+from corsproxy.reload import ConfigSource, Reloader, keep_listeners
+
+log = logging.getLogger("corsproxy")
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+EXIT_START_FAILED = 2
+CHECK_SECONDS = 0.2
+KILL_GRACE_SECONDS = 5.0  # past timeouts.shutdown, a worker that still runs is killed
+
+
+def supervise(source: ConfigSource, settings: Settings) -> int:
+    """Run the workers until SIGTERM/SIGINT; the exit status for the command."""
+    rundir = Path(tempfile.mkdtemp(prefix="corsproxy-"))
+    (rundir / "metrics").mkdir()
+    (rundir / "ready").mkdir()
+    # Read by prometheus_client when a worker imports it: set before any worker starts.
+    os.environ[MULTIPROC_ENV] = str(rundir / "metrics")
+    try:
+        return run(Supervisor(source, settings, rundir).main())
+    finally:
+        shutil.rmtree(rundir, ignore_errors=True)
+
+
+class Supervisor:
+    def __init__(self, source: ConfigSource, settings: Settings, rundir: Path) -> None:
+        self.source = source
+        self.settings = settings
+        self.rundir = rundir
+        self.context = multiprocessing.get_context("spawn")
+        self.workers: list[BaseProcess] = []
+        self.reload_metrics = ReloadMetrics()
+
+    def spawn(self) -> BaseProcess:
+        process = self.context.Process(
+            target=worker_main, args=(self.source, str(self.rundir)), daemon=False
+        )
+        process.start()
+        return process
+
+    def ready_file(self, process: BaseProcess) -> Path:
+        return self.rundir / "ready" / str(process.pid)
+
+    def ready(self) -> bool:
+        return all(p.is_alive() and self.ready_file(p).exists() for p in self.workers)
+
+    def apply(self, settings: Settings) -> None:
+        self.settings = settings
+        for process in self.workers:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGHUP)
+
+    async def main(self) -> int:
+        count = self.settings.workers
+        self.workers = [self.spawn() for _ in range(count)]
+        if not await self.wait_ready():
+            log.error("a worker failed to start; stopping")
+            await self.stop_workers()
+            return EXIT_START_FAILED
+        admin = None
+        if self.settings.admin is not None:
+            view = AdminView(
+                ready=self.ready,
+                metrics=lambda: exposition(
+                    multiprocess_registry(str(self.rundir / "metrics")),
+                    self.reload_metrics.registry,
+                ),
+                config=lambda: self.settings.effective,
+            )
+            try:
+                admin = await start_admin(view, *self.settings.admin)
+            except OSError:
+                await self.stop_workers()
+                raise
+        reloader = Reloader(self.source, lambda: self.settings, self.apply, self.reload_metrics)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, reloader.reload, "SIGHUP")
+        stop = stop_on_signals(signal.SIGTERM, signal.SIGINT)
+        scheme = "https" if self.settings.tls else "http"
+        log.info(
+            "corsproxy listening on %s://%s:%s with %d workers (pids %s)",
+            scheme,
+            self.settings.listen_host,
+            self.settings.listen_port,
+            count,
+            ", ".join(str(p.pid) for p in self.workers),
+        )
+        tasks = [asyncio.ensure_future(reloader.watch()), asyncio.ensure_future(self.keep_alive())]
+        try:
+            await stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await self.stop_workers()
+            if admin is not None:
+                await admin.cleanup()
+        return 0
+
+    async def wait_ready(self) -> bool:
+        deadline = asyncio.get_running_loop().time() + 30
+        while asyncio.get_running_loop().time() < deadline:
+            if any(not p.is_alive() for p in self.workers):
+                return False
+            if self.ready():
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async def keep_alive(self) -> None:
+        """A worker that dies is replaced, so the port keeps its full capacity."""
+        while True:
+            await asyncio.sleep(CHECK_SECONDS)
+            for index, process in enumerate(self.workers):
+                if not process.is_alive():
+                    log.error(
+                        "worker %s exited with status %s; starting another",
+                        process.pid,
+                        process.exitcode,
+                    )
+                    self.ready_file(process).unlink(missing_ok=True)
+                    self.workers[index] = self.spawn()
+
+    async def stop_workers(self) -> None:
+        for process in self.workers:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.timeouts.shutdown + KILL_GRACE_SECONDS
+        while any(p.is_alive() for p in self.workers) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for process in self.workers:
+            if process.is_alive():
+                log.error("worker %s did not stop in time; killing it", process.pid)
+                process.kill()
+            process.join(1)
+
+
+def worker_main(source: ConfigSource, rundir: str) -> None:
+    """A worker process: serve the port next to its siblings until SIGTERM."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
+    sys.exit(run(worker_serve(source, Path(rundir))))
+
+
+async def worker_serve(source: ConfigSource, rundir: Path) -> int:
+    try:
+        settings, _ = source.load()
+    except ConfigInvalid as exc:
+        for diagnostic in exc.diagnostics:
+            log.error("%s", diagnostic)
+        return EXIT_START_FAILED
+    try:
+        running = await start(settings, RequestMetrics(), reuse_port=True)
+    except OSError as exc:
+        log.error("worker %s cannot listen: %s", os.getpid(), exc.strerror or exc)
+        return EXIT_START_FAILED
+
+    def reload() -> None:
+        try:
+            new, _ = source.load()
+        except ConfigInvalid:
+            log.error("worker %s: config became invalid; keeping the old rules", os.getpid())
+            return
+        running.apply(keep_listeners(running.proxy.settings, new)[0])
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    stop = stop_on_signals(signal.SIGTERM)
+    ready = rundir / "ready" / str(os.getpid())
+    ready.touch()
+    try:
+        await stop.wait()
+    finally:
+        ready.unlink(missing_ok=True)
+        await running.stop()
+    return 0

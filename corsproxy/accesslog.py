@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any, TextIO
@@ -21,6 +22,7 @@ FIELDS = (
     "reason",
     "upstream_status",
     "bytes",
+    "pid",
 )
 
 
@@ -53,6 +55,7 @@ def record(
         "reason": reason,
         "upstream_status": upstream_status,
         "bytes": size,
+        "pid": os.getpid(),  # which worker answered, when there are several
     }
 
 

@@ -849,7 +849,7 @@ def route_host(text: str) -> str:
     text = text.lower()
     if text.startswith("["):
         return text[: text.find("]") + 1] if "]" in text else text
-    return text.partition(":")[0]
+    return text.partition(":")[0].removesuffix(".")
 
 
 def describe(value: Any) -> str:

@@ -63,23 +63,31 @@ def normalise_path(raw_path: str) -> str:
             raise PathError("path contains an encoded '/', '\\' or NUL")
         raw_path = _decode_unreserved(raw_path)
     segments = raw_path.split("/")[1:]
-    if "." not in segments and ".." not in segments:
+    if "//" not in raw_path and not any(seg in _DOTS or seg.startswith(_DOTS) for seg in segments):
         return raw_path
     out: list[str] = []
+    last = len(segments) - 1
     for index, segment in enumerate(segments):
-        last = index == len(segments) - 1
+        if ";" in segment and segment.partition(";")[0] in _DOTS:
+            # "..;/" is ".." to Tomcat, Jetty and Spring: refuse rather than guess.
+            raise PathError("path has a dot-segment with a ';' parameter")
         if segment == ".":
-            if last:
-                out.append("")
+            pass
         elif segment == "..":
             if not out:
                 raise PathError("path climbs above the root")
             out.pop()
-            if last:
-                out.append("")
-        else:
+        elif segment or index == last:
+            # Empty segments are merged ("//api" is "/api"), as nginx and most frameworks
+            # read them; the trailing one stays, so "/a/" keeps its slash.
             out.append(segment)
+            continue
+        if index == last:
+            out.append("")
     return "/" + "/".join(out)
+
+
+_DOTS = (".", "..")
 
 
 def _decode_unreserved(path: str) -> str:
@@ -103,7 +111,9 @@ class PathPattern:
     tail: bool  # ends with **
 
     def matches(self, path: str) -> bool:
-        parts = path.split("/")[1:]
+        return self.matches_parts(path_parts(path))
+
+    def matches_parts(self, parts: list[str]) -> bool:
         fixed = self.segments
         if self.tail:
             if len(parts) < len(fixed):
@@ -129,6 +139,18 @@ class PathPattern:
         elif len(theirs) != len(mine):
             return False
         return all(m == t or (m == "*" and t != "") for m, t in zip(mine, theirs, strict=False))
+
+
+_ESCAPE = re.compile(r"%[0-9a-f][0-9A-Fa-f]|%[0-9A-F][a-f]")
+
+
+def path_parts(path: str) -> list[str]:
+    """The segments routes are matched on: escapes uppercased (RFC 3986 6.2.2.1), so
+    ``/caf%c3%a9`` matches ``/café/**`` as ``/caf%C3%A9`` does. The upstream still gets
+    the escapes as they were sent."""
+    if "%" in path:
+        path = _ESCAPE.sub(lambda m: m.group(0).upper(), path)
+    return path.split("/")[1:]
 
 
 class PatternError(ValueError):

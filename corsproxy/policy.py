@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from corsproxy.origins import OriginMatcher
-from corsproxy.paths import PathPattern
+from corsproxy.paths import PathPattern, path_parts
 
 OnDisallowed = Literal["reject", "forward"]
 
@@ -92,9 +92,6 @@ class Upstream:
         return self.url + self.prefix + path_qs
 
 
-PASSTHROUGH = "passthrough"
-
-
 @dataclass(frozen=True, slots=True)
 class Route:
     name: str
@@ -103,10 +100,10 @@ class Route:
     upstream: Upstream | None
     policy: Policy | None  # None: cors: passthrough
 
-    def matches(self, host: str, path: str) -> bool:
+    def matches(self, host: str, parts: list[str]) -> bool:
         if self.host is not None and host != self.host:
             return False
-        return self.pattern is None or self.pattern.matches(path)
+        return self.pattern is None or self.pattern.matches_parts(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +112,9 @@ class RouteTable:
     fallback: Route  # unmatched requests: `defaults` and the default `upstream`
 
     def match(self, host: str, path: str) -> Route:
+        parts = path_parts(path)  # split once, not once per route tried
         for route in self.routes:
-            if route.matches(host, path):
+            if route.matches(host, parts):
                 return route
         return self.fallback
 

@@ -109,17 +109,22 @@ class Proxy:
         if route.policy is not None:
             decision = decide(route.policy, request_facts(request, settings, websocket))
         request[OUTCOME] = Outcome(route.name, decision)
-        if decision.action is Action.ANSWER:
-            return answer(decision)
         if target is None:
+            # Refused whatever the policy says, preflights included (SPEC 3.1); the
+            # decision only tells whether an allowed page may read the 400.
             request[OUTCOME].note = f"bad request path: {path_error}"
             return error_response(BAD_REQUEST, request[OUTCOME].note, decision)
+        if decision.action is Action.ANSWER:
+            return answer(decision)
         upstream = route.upstream
         if upstream is None:
             request[OUTCOME].note = "no route for this path"
             return error_response(NOT_FOUND, request[OUTCOME].note, decision)
         try:
             if websocket:
+                if request.method != "GET" or not web.WebSocketResponse().can_prepare(request).ok:
+                    request[OUTCOME].note = "malformed WebSocket handshake"
+                    return error_response(BAD_REQUEST, request[OUTCOME].note, decision)
                 return await self.forward_websocket(request, upstream, target, settings)
             return await self.forward(request, upstream, target, decision, settings)
         except UpstreamFault as fault:
@@ -149,9 +154,8 @@ class Proxy:
             response = RelayedResponse(status=resp.status, reason=resp.reason)
             copy_response_headers(resp.headers, response.headers, decision)
             await response.prepare(request)
-            if request.method != "HEAD":
-                await self.stream_body(request, resp, response)
-            await response.write_eof()
+            if request.method == "HEAD" or await self.stream_body(request, resp, response):
+                await response.write_eof()
             return response
         finally:
             resp.close()
@@ -164,60 +168,59 @@ class Proxy:
         has_body: bool,
         timeout: aiohttp.ClientTimeout,
     ) -> aiohttp.ClientResponse:
-        # A pooled connection the upstream has just closed fails before any byte of the
-        # answer; a request without a body is safe to send once more on a fresh one.
-        attempts = 1 if has_body else 2
-        for attempt in range(attempts):
-            try:
-                return await self.session.request(
-                    request.method,
-                    url,
-                    headers=headers,
-                    data=request.content if has_body else None,
-                    allow_redirects=False,
-                    timeout=timeout,
-                )
-            except aiohttp.ServerDisconnectedError:
-                if attempt + 1 < attempts:
-                    continue
-                raise UpstreamFault(
-                    BAD_GATEWAY, "protocol", "upstream closed the connection"
-                ) from None
-            except (aiohttp.ConnectionTimeoutError, TimeoutError):
-                raise UpstreamFault(
-                    GATEWAY_TIMEOUT, "timeout", "upstream did not answer in time"
-                ) from None
-            except (aiohttp.ClientConnectorError, aiohttp.ClientOSError):
-                raise UpstreamFault(BAD_GATEWAY, "connect", "upstream unreachable") from None
-            except aiohttp.ClientError:
-                raise UpstreamFault(
-                    BAD_GATEWAY, "protocol", "upstream sent an invalid response"
-                ) from None
-        raise AssertionError("unreachable")
+        # No retry here: aiohttp itself resends an idempotent request once when a pooled
+        # connection turns out closed, and a POST must never be replayed (RFC 9110 9.2.2).
+        try:
+            return await self.session.request(
+                request.method,
+                url,
+                headers=headers,
+                data=request.content if has_body else None,
+                allow_redirects=False,
+                timeout=timeout,
+            )
+        except aiohttp.ServerDisconnectedError:
+            raise UpstreamFault(BAD_GATEWAY, "protocol", "upstream closed the connection") from None
+        except (aiohttp.ConnectionTimeoutError, TimeoutError):
+            raise UpstreamFault(
+                GATEWAY_TIMEOUT, "timeout", "upstream did not answer in time"
+            ) from None
+        except (aiohttp.ClientConnectorError, aiohttp.ClientOSError):
+            raise UpstreamFault(BAD_GATEWAY, "connect", "upstream unreachable") from None
+        except aiohttp.ClientError:
+            raise UpstreamFault(
+                BAD_GATEWAY, "protocol", "upstream sent an invalid response"
+            ) from None
 
     async def stream_body(
         self,
         request: web.BaseRequest,
         resp: aiohttp.ClientResponse,
         response: web.StreamResponse,
-    ) -> None:
+    ) -> bool:
         """Copy the body chunk by chunk as it arrives (SSE events are flushed one by one).
 
-        A failure after the head was sent cannot become a 502: the client connection is
-        cut instead, so a truncated body is never mistaken for a whole one.
+        False when it stopped short. An upstream failure after the head was sent cannot
+        become a 502: the client connection is cut instead, so a truncated body is never
+        mistaken for a whole one. A client that went away simply ends the copy.
         """
-        try:
-            while True:
+        while True:
+            try:
                 chunk = await resp.content.readany()
-                if not chunk:
-                    return
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                reason = "timeout" if isinstance(exc, TimeoutError) else "protocol"
+                request[OUTCOME].upstream_error = reason
+                request[OUTCOME].note = "upstream failed mid-body"
+                if request.transport is not None:
+                    request.transport.close()
+                return False
+            if not chunk:
+                return True
+            try:
                 await response.write(chunk)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            reason = "timeout" if isinstance(exc, TimeoutError) else "protocol"
-            request[OUTCOME].upstream_error = reason
-            if request.transport is not None:
-                request.transport.close()
-            raise ConnectionResetError("upstream failed mid-body") from None
+            except ConnectionError:
+                request[OUTCOME].note = "client went away mid-body"
+                return False
 
     async def forward_websocket(
         self, request: web.BaseRequest, upstream: Upstream, target: Target, settings: Settings
@@ -267,7 +270,15 @@ class Proxy:
         )
         try:
             await client_ws.prepare(request)
-            await relay(client_ws, upstream_ws)
+            relaying = asyncio.ensure_future(relay(client_ws, upstream_ws))
+            try:
+                await asyncio.shield(relaying)
+            except asyncio.CancelledError:
+                # The client's connection is gone (handler cancellation): let the relay
+                # pass the client's close code on to the upstream before giving up.
+                await asyncio.wait({relaying}, timeout=settings.timeouts.read)
+                relaying.cancel()
+                raise
         finally:
             await upstream_ws.close()
         return client_ws
@@ -367,10 +378,12 @@ def addressed_origin(request: web.BaseRequest, settings: Settings) -> str:
 
 
 def host_without_port(host: str) -> str:
+    """The Host header as routes compare it: lowercase, no port, no trailing dot
+    (``api.example.com.`` names the same host and must not dodge a ``host:`` route)."""
     host = host.lower()
     if host.startswith("["):
         return host[: host.find("]") + 1]
-    return host.partition(":")[0]
+    return host.partition(":")[0].removesuffix(".")
 
 
 def is_websocket(request: web.BaseRequest) -> bool:

@@ -92,6 +92,7 @@ BAD_PATHS = [
     pytest.param("/a/../../x", id="climb-above-root-after-segment"),
     pytest.param("/%2e%2e/x", id="climb-with-encoded-dots"),
     pytest.param("/..", id="bare-dot-dot"),
+    pytest.param("/public/..;/api/x", id="dot-dot-with-path-parameter"),
 ]
 
 
@@ -100,6 +101,24 @@ async def test_bad_path_is_400_and_not_forwarded(upstream, make_proxy, target):
     proxy = await make_proxy(PATH_CONFIG, upstream=upstream.url)
     status, _, _ = parse_head(await raw_request(proxy.port, get(target)))
     assert status == 400
+    assert upstream.seen == []
+
+
+async def test_bad_path_preflight_is_400_not_answered(upstream, make_proxy):
+    """A bad path is refused before any CORS answer, preflights included."""
+    proxy = await make_proxy(PATH_CONFIG, upstream=upstream.url)
+    raw = await raw_request(
+        proxy.port,
+        get(
+            "/api/a%2Fb",
+            "Origin: https://app.test",
+            "Access-Control-Request-Method: GET",
+            method="OPTIONS",
+        ),
+    )
+    status, headers, _ = parse_head(raw)
+    assert status == 400
+    assert header_values(headers, "Access-Control-Allow-Origin") == []
     assert upstream.seen == []
 
 
@@ -137,7 +156,9 @@ MATCHING = [
     pytest.param("/one", None, "/default/one", id="star-needs-a-segment"),
     pytest.param("/one/a/b", None, "/default/one/a/b", id="star-matches-only-one-segment"),
     pytest.param("/mid/x/end", None, "/r-mid/mid/x/end", id="star-in-the-middle"),
-    pytest.param("/mid//end", None, "/default/mid//end", id="star-in-the-middle-not-empty"),
+    pytest.param("/mid//end", None, "/default/mid/end", id="empty-segment-merged-not-star"),
+    pytest.param("//api/x", None, "/r-api/api/x", id="double-slash-cannot-dodge-a-route"),
+    pytest.param("/h/x", "api.example.com.", "/r-host/h/x", id="host-trailing-dot-same-host"),
     pytest.param("/first/a", None, "/r-first/first/a", id="first-match-wins"),
     pytest.param("/h/x", "api.example.com", "/r-host/h/x", id="host-route-matches"),
     pytest.param("/h/x", "API.EXAMPLE.com", "/r-host/h/x", id="host-case-insensitive"),
@@ -343,7 +364,7 @@ OPEN_PROXY = [
     pytest.param(get("https://evil.invalid/x?q=1"), "/x?q=1", id="absolute-form-https"),
     pytest.param(get("/x", host="evil.invalid:1"), "/x", id="host-header-elsewhere"),
     pytest.param(get("/x", host="169.254.169.254"), "/x", id="host-header-metadata-address"),
-    pytest.param(get("//evil.invalid/x"), "//evil.invalid/x", id="scheme-relative-path"),
+    pytest.param(get("//evil.invalid/x"), "/evil.invalid/x", id="scheme-relative-path"),
     pytest.param(
         get("/x", "X-Forwarded-Host: evil.invalid:1", "Forwarded: host=evil.invalid"),
         "/x",

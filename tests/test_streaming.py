@@ -468,3 +468,55 @@ async def test_slow_response_head_gets_504(upstream, make_proxy, client) -> None
         release.set()
     assert status == 504
     assert 0.8 <= elapsed < 1.9, f"answered after {elapsed:.2f}s, expected about 1 s"
+
+
+def upstream_error_count(proxy) -> float:
+    return sum(
+        sample.value
+        for metric in proxy.metrics.upstream_errors.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    )
+
+
+async def test_stall_mid_body_is_a_timeout_without_traceback(
+    upstream, make_proxy, client, caplog
+) -> None:
+    async def stall(request: web.BaseRequest) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"x" * 100)
+        await asyncio.sleep(2)
+        return response
+
+    upstream.handler = stall
+    proxy = await make_proxy(SLOW_READ, upstream=upstream.url)
+    async with client.get(proxy.url + "/stall") as resp:
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+    await asyncio.sleep(0.1)
+    assert upstream_error_count(proxy) == 1
+    assert [r for r in caplog.records if r.exc_info] == []
+
+
+async def test_client_leaving_mid_body_is_not_an_upstream_error(
+    upstream, make_proxy, caplog
+) -> None:
+    async def endless(request: web.BaseRequest) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(200):
+                await response.write(b"y" * 65536)
+                await asyncio.sleep(0.005)
+        return response
+
+    upstream.handler = endless
+    proxy = await make_proxy("upstream: {upstream}\n", upstream=upstream.url)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
+    await reader.read(100)
+    writer.close()
+    await asyncio.sleep(0.5)
+    assert upstream_error_count(proxy) == 0
+    assert [r for r in caplog.records if r.exc_info] == []

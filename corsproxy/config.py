@@ -10,6 +10,7 @@ names the flag, so they are validated by the same code.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -908,11 +909,32 @@ def parse_upstream(text: str) -> tuple[Upstream | None, str]:
     if port is not None and not 0 < port < 65536:
         return None, f"{text!r}: invalid port"
     host = host.lower()
+    if not valid_upstream_host(host):
+        return None, f"{text!r}: invalid host {host!r}"
+    if slash and any(c in prefix for c in _NOT_IN_PATH):
+        return None, f"{text!r}: the path prefix has a space or a control character"
     default = 443 if scheme == "https" else 80
     host_header = host if port in (None, default) else f"{host}:{port}"
     base = f"{scheme}://{host}" + ("" if port is None else f":{port}")
     prefix = ("/" + prefix).rstrip("/") if slash else ""
     return Upstream(base, prefix, host_header), ""
+
+
+_UPSTREAM_HOST = re.compile(
+    r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$"
+)
+_NOT_IN_PATH = frozenset(' \\"<>^`{|}\x7f') | frozenset(map(chr, range(32)))
+
+
+def valid_upstream_host(host: str) -> bool:
+    """A DNS name (service names with '_' included), an IPv4 or a bracketed IPv6 address."""
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return False
+        return host.endswith("]")
+    return bool(_UPSTREAM_HOST.match(host))
 
 
 def has_unescaped_dot(pattern: str) -> bool:

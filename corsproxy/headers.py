@@ -33,6 +33,17 @@ X_FORWARDED_PROTO = "X-Forwarded-Proto"
 X_FORWARDED_HOST = "X-Forwarded-Host"
 
 SET_COOKIE = "set-cookie"
+SEC_WEBSOCKET_PROTOCOL = "Sec-WebSocket-Protocol"
+# The handshake is made anew on each side of the proxy; these never cross it.
+WEBSOCKET_HANDSHAKE = frozenset(
+    {
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+        "sec-websocket-accept",
+    }
+)
 
 # RFC 9110 7.6.1 plus the legacy names every proxy drops. Lowercase for lookups.
 HOP_BY_HOP = frozenset(
@@ -72,10 +83,6 @@ def connection_listed(values: Iterable[str]) -> set[str]:
     for value in values:
         names.update(item.lower() for item in split_list(value))
     return names
-
-
-def is_access_control(name: str) -> bool:
-    return name.lower().startswith(ACCESS_CONTROL_PREFIX)
 
 
 def merge_vary(existing: Iterable[str], add: Iterable[str]) -> str | None:

@@ -8,6 +8,7 @@ anything else gains nothing by being refused.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -83,15 +84,24 @@ def split_origin(origin: str) -> ParsedOrigin | None:
             port = int(port_text)
     if not host:
         return None
+    host = host.lower()
+    # Only a real host name may meet a wildcard: "x,y<>.example.com" must not match
+    # https://*.example.com and be reflected back.
+    if not host.startswith("[") and not all(_LABEL.match(label) for label in host.split(".")):
+        return None
     if port == DEFAULT_PORTS[scheme]:
         port = None
-    return ParsedOrigin(scheme, host.lower(), port)
+    return ParsedOrigin(scheme, host, port)
 
 
 def _normalise_host(host: str, allow_wildcard: bool) -> tuple[str, bool]:
     """Lowercase and punycode a host; returns (host, is_subdomain_wildcard)."""
     if host.startswith("["):
-        if not host.endswith("]") or len(host) < 3:
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise OriginError("invalid IPv6 host") from None
+        if not host.endswith("]"):
             raise OriginError("invalid IPv6 host")
         return host.lower(), False
     subdomains = False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -38,16 +39,15 @@ BAD_GATEWAY = 502
 GATEWAY_TIMEOUT = 504
 NOT_FOUND = 404
 BAD_REQUEST = 400
-_WS_HANDSHAKE = frozenset(
-    {
-        "sec-websocket-key",
-        "sec-websocket-version",
-        "sec-websocket-extensions",
-        "sec-websocket-protocol",
-        "sec-websocket-accept",
-    }
-)
 _NEVER_FORWARDED = h.HOP_BY_HOP | {"host", "expect"}
+_DEFAULT_PORT_SUFFIX = {"http": ":80", "https": ":443"}
+
+
+@functools.lru_cache(maxsize=16)
+def client_timeout(connect: float, read: float) -> aiohttp.ClientTimeout:
+    """``read`` bounds each wait for the upstream (the head, then each chunk), not the whole
+    response, so long streams keep flowing (SPEC 4)."""
+    return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
 
 
 class UpstreamFault(Exception):
@@ -145,9 +145,7 @@ class Proxy:
         has_body = request.body_exists
         if has_body and request.headers.get(h.EXPECT, "").lower() == "100-continue":
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=settings.timeouts.connect, sock_read=settings.timeouts.read
-        )
+        timeout = client_timeout(settings.timeouts.connect, settings.timeouts.read)
         resp = await self.send(request, url, out_headers, has_body, timeout)
         request[OUTCOME].upstream_status = resp.status
         try:
@@ -229,9 +227,9 @@ class Proxy:
         url = URL(scheme + upstream.target(target.path_qs)[upstream.url.index(":") :], encoded=True)
         out_headers = upstream_request_headers(request, upstream, settings)
         for name in list(out_headers):
-            if name.lower() in _WS_HANDSHAKE:
+            if name.lower() in h.WEBSOCKET_HANDSHAKE:
                 del out_headers[name]
-        protocols = h.split_list(request.headers.get("Sec-WebSocket-Protocol", ""))
+        protocols = h.split_list(request.headers.get(h.SEC_WEBSOCKET_PROTOCOL, ""))
         # ws_connect applies no ClientTimeout to its handshake request: bound connecting
         # and waiting for the 101 here, as `forward` does for an ordinary response head.
         handshake = settings.timeouts.connect + settings.timeouts.read
@@ -371,7 +369,7 @@ def addressed_origin(request: web.BaseRequest, settings: Settings) -> str:
         if forwarded_host:
             host = forwarded_host.split(",")[0].strip()
     host = host.lower()
-    default = {"http": ":80", "https": ":443"}.get(scheme)
+    default = _DEFAULT_PORT_SUFFIX.get(scheme)
     if default and host.endswith(default):
         host = host[: -len(default)]
     return f"{scheme}://{host}"
@@ -397,7 +395,8 @@ def upstream_request_headers(
 ) -> CIMultiDict[str]:
     """The client's headers minus hop-by-hop ones, with Host and X-Forwarded-* set (SPEC 5)."""
     incoming = request.headers
-    drop = _NEVER_FORWARDED | h.connection_listed(incoming.getall(h.CONNECTION, ()))
+    listed = incoming.getall(h.CONNECTION, ())
+    drop = _NEVER_FORWARDED | h.connection_listed(listed) if listed else _NEVER_FORWARDED
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in incoming.items():
         if name.lower() not in drop:
@@ -421,7 +420,8 @@ def copy_response_headers(
     upstream: CIMultiDictProxy[str], out: CIMultiDict[str], decision: Decision
 ) -> None:
     """Upstream response head -> client response head, with the decision applied."""
-    drop = h.HOP_BY_HOP | h.connection_listed(upstream.getall(h.CONNECTION, ()))
+    listed = upstream.getall(h.CONNECTION, ())
+    drop = h.HOP_BY_HOP | h.connection_listed(listed) if listed else h.HOP_BY_HOP
     for name, value in upstream.items():
         lower = name.lower()
         if lower in drop or (decision.strip and lower.startswith(h.ACCESS_CONTROL_PREFIX)):

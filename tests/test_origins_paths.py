@@ -53,6 +53,7 @@ def test_exact_origins_are_normalised(entry: str, normalised: str) -> None:
         pytest.param("https://app.example.com:99999", id="port-out-of-range"),
         pytest.param("https://app.example.com:x", id="port-not-number"),
         pytest.param("https://*.127.0.0.1", id="wildcard-before-ip"),
+        pytest.param("https://[zz]", id="bad-ipv6"),
     ],
 )
 def test_bad_origins_are_refused(entry: str) -> None:
@@ -87,6 +88,8 @@ WILDCARD_CASES = [
     ("https://app.example.com", "https://app.example.com", True, "exact"),
     ("https://app.example.com", "https://app.example.com:443", False, "exact-as-sent-only"),
     ("https://app.example.com", "null", False, "null-not-matched"),
+    ("https://*.example.com", 'https://x,y"<>.example.com', False, "junk-host-never-matches"),
+    ("https://*.example.com", "https://a..example.com", False, "empty-label-never-matches"),
 ]
 
 

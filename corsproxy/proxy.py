@@ -39,6 +39,7 @@ BAD_GATEWAY = 502
 GATEWAY_TIMEOUT = 504
 NOT_FOUND = 404
 BAD_REQUEST = 400
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _NEVER_FORWARDED = h.HOP_BY_HOP | {"host", "expect"}
 _DEFAULT_PORT_SUFFIX = {"http": ":80", "https": ":443"}
 
@@ -166,17 +167,26 @@ class Proxy:
         has_body: bool,
         timeout: aiohttp.ClientTimeout,
     ) -> aiohttp.ClientResponse:
-        # No retry here: aiohttp itself resends an idempotent request once when a pooled
-        # connection turns out closed, and a POST must never be replayed (RFC 9110 9.2.2).
+        # A pooled connection the upstream has just closed fails before any answer. Only a
+        # bodiless idempotent request is sent again (RFC 9110 9.2.2): a POST is never
+        # replayed, and a streamed body cannot be rewound. aiohttp's own retry is off (see
+        # make_session), because it would resend the unread rest of a streamed body.
+        retry = not has_body and request.method in IDEMPOTENT_METHODS
         try:
-            return await self.session.request(
-                request.method,
-                url,
-                headers=headers,
-                data=request.content if has_body else None,
-                allow_redirects=False,
-                timeout=timeout,
-            )
+            while True:
+                try:
+                    return await self.session.request(
+                        request.method,
+                        url,
+                        headers=headers,
+                        data=request.content if has_body else None,
+                        allow_redirects=False,
+                        timeout=timeout,
+                    )
+                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                    if not retry or isinstance(exc, aiohttp.ClientConnectorError):
+                        raise
+                    retry = False
         except aiohttp.ServerDisconnectedError:
             raise UpstreamFault(BAD_GATEWAY, "protocol", "upstream closed the connection") from None
         except (aiohttp.ConnectionTimeoutError, TimeoutError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import re
 
 import pytest
 from aiohttp import web
@@ -515,3 +516,52 @@ async def test_no_cookie_leak_between_clients(upstream, make_proxy):
     # Another client, no cookie: the upstream must not see Alice's.
     await raw_request(proxy.port, get("/me"))
     assert [s.all("Cookie") for s in upstream.seen] == [[], ["session=alice"], []]
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "status", "attempts"),
+    [
+        pytest.param("GET", b"", 200, 2, id="bodiless-get-resent-once"),
+        pytest.param("DELETE", b"", 200, 2, id="bodiless-delete-resent-once"),
+        pytest.param("POST", b"", 502, 1, id="post-never-replayed"),
+        pytest.param("PUT", b"payload", 502, 1, id="streamed-body-never-replayed"),
+    ],
+)
+async def test_upstream_closing_without_answer(make_proxy, client, method, body, status, attempts):
+    """A pooled connection the upstream closes on the next request, before answering it."""
+    heads: list[bytes] = []
+    connections = 0
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        first_connection = connections == 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"(?i)content-length: *(\d+)", head)
+                if length:
+                    await reader.readexactly(int(length.group(1)))
+                heads.append(head)
+                if first_connection and len(heads) == 2:
+                    return  # the stale connection: closed without an answer
+                writer.write(ok)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        proxy = await make_proxy(f"upstream: http://127.0.0.1:{port}\n")
+        async with client.get(proxy.url + "/warm") as response:
+            assert response.status == 200  # leaves one pooled upstream connection
+        async with client.request(method, proxy.url + "/x", data=body or None) as response:
+            assert response.status == status
+        assert len(heads) - 1 == attempts
+    finally:
+        server.close()
+        await server.wait_closed()

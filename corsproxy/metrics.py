@@ -14,9 +14,10 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client import multiprocess as prometheus_multiprocess
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+# The classic text format, which ``generate_latest`` writes by default. The library's own
+# CONTENT_TYPE_LATEST says version=1.0.0 since 0.22; it sends that only to a scraper that asks.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 disable_created_metrics()  # *_created series: noise for counters that start with the process
 # Most answers are local (preflights, refusals) or one upstream round trip away.
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)

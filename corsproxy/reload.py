@@ -31,7 +31,15 @@ log = logging.getLogger("corsproxy")
 POLL_SECONDS = 1.0  # one stat() a second: cheap, and fine for editors and ConfigMap swaps
 SETTLE_SECONDS = 0.05  # a file still being written is read once it stops changing
 # Listener settings are bound at start; a reload keeps the running ones and says so.
-RESTART_FIELDS = ("listen_host", "listen_port", "admin", "workers", "tls")
+# Each field with the config key it comes from.
+EMPTY_DIGEST = hashlib.sha256(b"").hexdigest()
+RESTART_FIELDS = {
+    "listen_host": "listen",
+    "listen_port": "listen",
+    "admin": "admin",
+    "workers": "workers",
+    "tls": "tls",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +74,20 @@ class ConfigSource:
 
 
 def keep_listeners(old: Settings, new: Settings) -> tuple[Settings, list[str]]:
-    """The new rules and timeouts with the running listener settings, and what was kept."""
-    kept = [f for f in RESTART_FIELDS if getattr(old, f) != getattr(new, f)]
-    return dataclasses.replace(new, **{f: getattr(old, f) for f in RESTART_FIELDS}), kept
+    """The new rules and timeouts with the running listener settings, and the config keys
+    whose new values wait for a restart. ``effective`` (what /config shows) keeps the
+    running values of those keys too."""
+    kept = list(
+        dict.fromkeys(k for f, k in RESTART_FIELDS.items() if getattr(old, f) != getattr(new, f))
+    )
+    effective = dict(new.effective)
+    for key in kept:
+        if key in old.effective:
+            effective[key] = old.effective[key]
+        else:
+            effective.pop(key, None)
+    running = {f: getattr(old, f) for f in RESTART_FIELDS}
+    return dataclasses.replace(new, effective=effective, **running), kept
 
 
 def summarise(old: Settings, new: Settings) -> str:
@@ -130,6 +149,10 @@ class Reloader:
             log.info("reload (%s): config unchanged", why)
             return None
         try:
+            if digest == EMPTY_DIGEST:
+                # Valid YAML, but on a running proxy almost surely a file caught mid-write.
+                where = f"{self.source.path}:1"
+                raise ConfigInvalid([Diagnostic(where, "file", "error", "the file is empty")])
             new, warnings = self.source.load()
         except ConfigInvalid as exc:
             self.metrics.reloads.labels("failure").inc()

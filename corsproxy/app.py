@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import ssl
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any, TypeVar
 
 import aiohttp
@@ -48,7 +50,7 @@ def make_session(settings: Settings) -> aiohttp.ClientSession:
     """One pooled session for every upstream. It keeps no cookies (they belong to the
     clients), adds none of its own headers, and never decompresses what it relays."""
     connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=settings.timeouts.idle)
-    return aiohttp.ClientSession(
+    session = aiohttp.ClientSession(
         connector=connector,
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
@@ -56,13 +58,47 @@ def make_session(settings: Settings) -> aiohttp.ClientSession:
         read_bufsize=READ_CHUNK,
         timeout=aiohttp.ClientTimeout(total=None),
     )
+    # aiohttp resends an idempotent request on a stale pooled connection, body and all;
+    # a streamed body cannot be rewound, so the proxy decides retries itself (Proxy.send).
+    session._retry_connection = False
+    return session
+
+
+class TLSError(Exception):
+    """``tls.cert`` / ``tls.key`` cannot be used; the message says which file and why."""
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_passphrase() -> bytes:
+    # Without a callback OpenSSL would prompt for a passphrase on the terminal.
+    raise _EncryptedKey
 
 
 def make_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The listener's TLS context; a TLSError (one line) when the cert or key is unusable."""
     if settings.tls is None:
         return None
+    cert, key = settings.tls.cert, settings.tls.key
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(settings.tls.cert, settings.tls.key)
+    try:
+        context.load_cert_chain(cert, key, password=_no_passphrase)
+    except _EncryptedKey:
+        raise TLSError(f"tls.key: {key} is encrypted; give an unencrypted key") from None
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise TLSError(f"tls.key: {key} does not match the certificate in {cert}") from None
+        try:
+            ssl.create_default_context().load_verify_locations(cert)
+        except (ssl.SSLError, OSError):
+            raise TLSError(f"tls.cert: {cert} holds no usable PEM certificate") from None
+        raise TLSError(f"tls.key: {key} holds no usable PEM private key") from None
+    except OSError as exc:
+        which = "tls.cert" if not os.access(cert, os.R_OK) else "tls.key"
+        path = cert if which == "tls.cert" else key
+        raise TLSError(f"{which}: cannot read {path}: {exc.strerror or exc}") from None
     return context
 
 
@@ -113,12 +149,13 @@ def access_logger_for(proxy: Proxy, metrics: RequestMetrics) -> type[AbstractAcc
             if outcome is None:  # refused by the HTTP parser before the handler ran
                 return
             decision = outcome.decision
+            seconds = perf_counter() - outcome.started  # aiohttp's `time` is in whole ms
             metrics.observe(
                 outcome.route,
                 decision.kind.value,
                 decision.verdict.value,
                 outcome.upstream_error,
-                time,
+                seconds,
             )
             style = proxy.settings.access_log
             if style == "off":
@@ -129,7 +166,7 @@ def access_logger_for(proxy: Proxy, metrics: RequestMetrics) -> type[AbstractAcc
                     method=request.method,
                     path=request.raw_path,
                     status=response.status,
-                    duration=time,
+                    duration=seconds,
                     route=outcome.route,
                     origin=decision.origin or request.headers.get("Origin"),
                     kind=decision.kind.value,
@@ -149,6 +186,7 @@ async def start(
 ) -> Running:
     """Start listening. Port 0 picks a free port; ``Running.port`` tells which."""
     metrics = metrics if metrics is not None else RequestMetrics()
+    ssl_context = make_ssl_context(settings)  # before anything needs closing
     session = make_session(settings)
     proxy = Proxy(settings, session)
     server = web.Server(
@@ -157,6 +195,9 @@ async def start(
         access_log_class=access_logger_for(proxy, metrics),
         keepalive_timeout=settings.timeouts.idle,
         read_bufsize=READ_CHUNK,
+        # A client that hangs up cancels its handler, which releases the upstream request
+        # at once instead of holding it until timeouts.read.
+        handler_cancellation=True,
     )
     runner = web.ServerRunner(server, shutdown_timeout=settings.timeouts.shutdown)
     await runner.setup()
@@ -164,7 +205,7 @@ async def start(
         runner,
         settings.listen_host,
         settings.listen_port,
-        ssl_context=make_ssl_context(settings),
+        ssl_context=ssl_context,
         reuse_address=True,
         reuse_port=reuse_port or None,
     )

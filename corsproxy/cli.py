@@ -152,8 +152,6 @@ def load_for_serve(args: argparse.Namespace) -> tuple[ConfigSource, Settings] | 
         source = ConfigSource(path, overrides)
     elif overrides.upstream is not None:
         source = ConfigSource(None, overrides)
-        if overrides.allow_origins is None:
-            log.warning("no --allow-origin given: every cross-origin request will be refused")
     else:
         print(
             f"corsproxy: error: no config: {path} does not exist; pass -c FILE, or "
@@ -167,11 +165,13 @@ def load_for_serve(args: argparse.Namespace) -> tuple[ConfigSource, Settings] | 
         print_diagnostics(exc.diagnostics)
         return None
     print_diagnostics(warnings)
+    if source.path is None and overrides.allow_origins is None:
+        log.warning("no --allow-origin given: every cross-origin request will be refused")
     return source, settings
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from corsproxy.app import run, serve
+    from corsproxy.app import TLSError, make_ssl_context, run, serve
     from corsproxy.workers import supervise
 
     loaded = load_for_serve(args)
@@ -179,9 +179,13 @@ def run_serve(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     source, settings = loaded
     try:
+        make_ssl_context(settings)  # a bad cert or key stops here, before any worker starts
         if settings.workers > 1:
             return supervise(source, settings)
         run(serve(source, settings))
+    except TLSError as exc:
+        print(f"corsproxy: error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
     except OSError as exc:
         print(f"corsproxy: error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_INVALID

@@ -10,8 +10,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import aiohttp
 from aiohttp import WSMsgType, web
@@ -70,6 +71,9 @@ class Outcome:
     upstream_status: int | None = None
     upstream_error: str | None = None  # connect | timeout | protocol
     note: str = ""  # why the proxy answered an error itself, for the log
+    # uvloop's clock, which aiohttp's access logger uses, moves in whole milliseconds:
+    # too coarse for local answers, so the request is timed here.
+    started: float = field(default_factory=time.perf_counter)
 
 
 OUTCOME = web.RequestKey("outcome", Outcome)

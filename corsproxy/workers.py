@@ -2,8 +2,12 @@
 
 The supervisor binds no proxy port. It reads and validates the config, starts the workers,
 restarts one that dies, answers the admin listener (summing the workers' metrics through
-prometheus_client's multiprocess mode), and on a valid reload tells every worker to re-read
-the file (SIGHUP). SIGTERM is passed on; each worker drains its own connections.
+prometheus_client's multiprocess mode), and on a valid reload hands every worker the settings
+it accepted (a file in its private run folder, then SIGHUP): workers never read the config
+file themselves, so they all run what the supervisor validated, and a worker restarted while
+the file on disk is invalid or names another port starts with the running settings. SIGTERM
+is passed on; each worker drains its own connections. A worker whose supervisor is gone
+stops by itself.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import pickle
 import shutil
 import signal
 import sys
@@ -20,11 +25,10 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 from corsproxy.admin import AdminView, start_admin
-from corsproxy.app import run, start, stop_on_signals
-from corsproxy.config import ConfigInvalid
+from corsproxy.app import TLSError, run, start, stop_on_signals
 from corsproxy.metrics import ReloadMetrics, RequestMetrics, exposition, multiprocess_registry
 from corsproxy.policy import Settings
-from corsproxy.reload import ConfigSource, Reloader, keep_listeners
+from corsproxy.reload import ConfigSource, Reloader
 
 log = logging.getLogger("corsproxy")
 
@@ -32,6 +36,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 EXIT_START_FAILED = 2
 CHECK_SECONDS = 0.2
 KILL_GRACE_SECONDS = 5.0  # past timeouts.shutdown, a worker that still runs is killed
+SETTINGS_FILE = "settings.pickle"
 
 
 def supervise(source: ConfigSource, settings: Settings) -> int:
@@ -58,10 +63,16 @@ class Supervisor:
 
     def spawn(self) -> BaseProcess:
         process = self.context.Process(
-            target=worker_main, args=(self.source, str(self.rundir)), daemon=False
+            target=worker_main, args=(str(self.rundir), os.getpid()), daemon=False
         )
         process.start()
         return process
+
+    def publish(self, settings: Settings) -> None:
+        """Write the settings workers load, atomically (a worker never reads half a file)."""
+        partial = self.rundir / (SETTINGS_FILE + ".new")
+        partial.write_bytes(pickle.dumps(settings))
+        partial.replace(self.rundir / SETTINGS_FILE)
 
     def ready_file(self, process: BaseProcess) -> Path:
         return self.rundir / "ready" / str(process.pid)
@@ -71,16 +82,27 @@ class Supervisor:
 
     def apply(self, settings: Settings) -> None:
         self.settings = settings
+        self.publish(settings)
         for process in self.workers:
             if process.is_alive() and process.pid is not None:
                 os.kill(process.pid, signal.SIGHUP)
 
     async def main(self) -> int:
         count = self.settings.workers
+        await probe_listen(self.settings)
+        self.publish(self.settings)
+        # Signals first: a SIGTERM or SIGHUP during startup must not kill the supervisor and
+        # leave its workers running.
+        reloader = Reloader(self.source, lambda: self.settings, self.apply, self.reload_metrics)
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, reloader.reload, "SIGHUP")
+        stop = stop_on_signals(signal.SIGTERM, signal.SIGINT)
         self.workers = [self.spawn() for _ in range(count)]
-        if not await self.wait_ready():
-            log.error("a worker failed to start; stopping")
+        if not await self.wait_ready(stop):
             await self.stop_workers()
+            if stop.is_set():
+                return 0
+            log.error("a worker failed to start; stopping")
             return EXIT_START_FAILED
         admin = None
         if self.settings.admin is not None:
@@ -97,10 +119,6 @@ class Supervisor:
             except OSError:
                 await self.stop_workers()
                 raise
-        reloader = Reloader(self.source, lambda: self.settings, self.apply, self.reload_metrics)
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, reloader.reload, "SIGHUP")
-        stop = stop_on_signals(signal.SIGTERM, signal.SIGINT)
         scheme = "https" if self.settings.tls else "http"
         log.info(
             "corsproxy listening on %s://%s:%s with %d workers (pids %s)",
@@ -121,9 +139,9 @@ class Supervisor:
                 await admin.cleanup()
         return 0
 
-    async def wait_ready(self) -> bool:
+    async def wait_ready(self, stop: asyncio.Event) -> bool:
         deadline = asyncio.get_running_loop().time() + 30
-        while asyncio.get_running_loop().time() < deadline:
+        while asyncio.get_running_loop().time() < deadline and not stop.is_set():
             if any(not p.is_alive() for p in self.workers):
                 return False
             if self.ready():
@@ -160,44 +178,73 @@ class Supervisor:
             process.join(1)
 
 
-def worker_main(source: ConfigSource, rundir: str) -> None:
+async def probe_listen(settings: Settings) -> None:
+    """Fail at once, with one OSError, when the port is taken. Workers bind with SO_REUSEPORT,
+    which would let them share the port with another corsproxy's workers; a bind without it,
+    released at once, refuses any port someone else holds."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        asyncio.Protocol, settings.listen_host, settings.listen_port, reuse_address=True
+    )
+    server.close()
+    await server.wait_closed()
+
+
+def load_published(rundir: Path) -> Settings:
+    settings = pickle.loads((rundir / SETTINGS_FILE).read_bytes())
+    assert isinstance(settings, Settings)
+    return settings
+
+
+def worker_main(rundir: str, supervisor: int) -> None:
     """A worker process: serve the port next to its siblings until SIGTERM."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr
     )
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
-    sys.exit(run(worker_serve(source, Path(rundir))))
+    sys.exit(run(worker_serve(Path(rundir), supervisor)))
 
 
-async def worker_serve(source: ConfigSource, rundir: Path) -> int:
-    try:
-        settings, _ = source.load()
-    except ConfigInvalid as exc:
-        for diagnostic in exc.diagnostics:
-            log.error("%s", diagnostic)
-        return EXIT_START_FAILED
+async def worker_serve(rundir: Path, supervisor: int) -> int:
+    loop = asyncio.get_running_loop()
+    stop = stop_on_signals(signal.SIGTERM)
+    reloads = asyncio.Event()
+    # Installed before the settings are read: a reload published meanwhile is not missed.
+    loop.add_signal_handler(signal.SIGHUP, reloads.set)
+    settings = load_published(rundir)
     try:
         running = await start(settings, RequestMetrics(), reuse_port=True)
+    except TLSError as exc:
+        log.error("worker %s: %s", os.getpid(), exc)
+        return EXIT_START_FAILED
     except OSError as exc:
         log.error("worker %s cannot listen: %s", os.getpid(), exc.strerror or exc)
         return EXIT_START_FAILED
 
-    def reload() -> None:
-        try:
-            new, _ = source.load()
-        except ConfigInvalid:
-            log.error("worker %s: config became invalid; keeping the old rules", os.getpid())
-            return
-        running.apply(keep_listeners(running.proxy.settings, new)[0])
+    async def follow() -> None:
+        """Apply what the supervisor publishes; stop if the supervisor is gone."""
+        while True:
+            try:
+                await asyncio.wait_for(reloads.wait(), CHECK_SECONDS * 5)
+            except TimeoutError:
+                if os.getppid() != supervisor:
+                    log.error("worker %s: the supervisor is gone; stopping", os.getpid())
+                    stop.set()
+                    return
+                continue
+            reloads.clear()
+            try:
+                running.apply(load_published(rundir))
+            except Exception:  # keep serving under the rules it has
+                log.exception("worker %s could not apply a reload", os.getpid())
 
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, reload)
-    stop = stop_on_signals(signal.SIGTERM)
+    follower = asyncio.ensure_future(follow())
     ready = rundir / "ready" / str(os.getpid())
     ready.touch()
     try:
         await stop.wait()
     finally:
+        follower.cancel()
         ready.unlink(missing_ok=True)
         await running.stop()
     return 0

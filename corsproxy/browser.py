@@ -1,0 +1,316 @@
+"""The browser's side of CORS, after the Fetch Standard. Pure.
+
+``explain`` runs it against the proxy's own decision engine, ``probe`` against a live
+server: both then say what a browser would do and why. Section names in the docstrings
+are the Fetch Standard's (https://fetch.spec.whatwg.org/). Where Chromium departs from the
+standard, the model follows the standard and the departure is noted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from corsproxy import headers as h
+
+HeaderList = Sequence[tuple[str, str]]
+
+SAFELISTED_METHODS = frozenset({"GET", "HEAD", "POST"})
+# "normalize a method": only these are uppercased; `patch` stays `patch`.
+NORMALISED_METHODS = frozenset({"DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT"})
+SAFELISTED_CONTENT_TYPES = frozenset(
+    {"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"}
+)
+# "CORS-safelisted response-header name": always readable by the page.
+SAFELISTED_RESPONSE = frozenset(
+    {
+        "cache-control",
+        "content-language",
+        "content-length",
+        "content-type",
+        "expires",
+        "last-modified",
+        "pragma",
+    }
+)
+# "forbidden request-header": a page cannot set these; fetch() drops them silently.
+FORBIDDEN_REQUEST = frozenset(
+    {
+        "accept-charset",
+        "accept-encoding",
+        "access-control-request-headers",
+        "access-control-request-method",
+        "connection",
+        "content-length",
+        "cookie",
+        "cookie2",
+        "date",
+        "dnt",
+        "expect",
+        "host",
+        "keep-alive",
+        "origin",
+        "referer",
+        "set-cookie",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "via",
+    }
+)
+FORBIDDEN_REQUEST_PREFIXES = ("proxy-", "sec-")
+FORBIDDEN_METHODS = frozenset({"CONNECT", "TRACE", "TRACK"})
+FORBIDDEN_RESPONSE = frozenset({"set-cookie", "set-cookie2"})
+# "CORS-unsafe request-header byte".
+_UNSAFE_BYTES = frozenset(chr(b) for b in range(0x20) if b != 0x09) | set('"():<>?@[\\]{}\x7f')
+_LANGUAGE_BYTES = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz *,-.;=")
+SAFELISTED_VALUE_LIMIT = 128  # per header value
+SAFELISTED_TOTAL_LIMIT = 1024  # all safelisted values together
+DEFAULT_MAX_AGE = 5  # seconds a preflight is cached without Access-Control-Max-Age
+CHROMIUM_MAX_AGE = 7200
+FIREFOX_MAX_AGE = 86400
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What the page asked fetch() for."""
+
+    origin: str  # the page's origin, serialised: what the browser sends in Origin
+    method: str = "GET"
+    headers: tuple[tuple[str, str], ...] = ()
+    credentials: bool = False  # credentials: 'include'
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What the browser will send for a Request."""
+
+    method: str  # normalised
+    headers: tuple[tuple[str, str], ...]  # what is sent, forbidden names dropped
+    dropped: tuple[str, ...]  # forbidden header names the page asked for in vain
+    unsafe_names: tuple[str, ...]  # "CORS-unsafe request-header names", sorted lowercase
+    preflight: bool
+    reasons: tuple[str, ...]  # why a preflight is sent
+    forbidden_method: bool = False  # fetch() throws before sending anything
+
+    def preflight_headers(self, origin: str) -> tuple[tuple[str, str], ...]:
+        """The CORS-preflight request's headers (no credentials, ever)."""
+        out = [(h.ORIGIN, origin), (h.AC_REQUEST_METHOD, self.method)]
+        if self.unsafe_names:
+            out.append((h.AC_REQUEST_HEADERS, ",".join(self.unsafe_names)))
+        return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    ok: bool
+    reason: str = ""  # why not, in the words a developer needs
+    rule: str = ""  # the Fetch Standard step it follows
+
+
+def normalise_method(method: str) -> str:
+    upper = method.upper()
+    return upper if upper in NORMALISED_METHODS else method
+
+
+def is_forbidden_request_header(name: str) -> bool:
+    lower = name.lower()
+    return lower in FORBIDDEN_REQUEST or lower.startswith(FORBIDDEN_REQUEST_PREFIXES)
+
+
+def is_safelisted_request_header(name: str, value: str) -> bool:
+    """Fetch "CORS-safelisted request-header": the name *and* the value count."""
+    if len(value.encode("utf-8")) > SAFELISTED_VALUE_LIMIT:
+        return False
+    lower = name.lower()
+    if lower == "accept":
+        return not any(c in _UNSAFE_BYTES for c in value)
+    if lower in ("accept-language", "content-language"):
+        return all(c in _LANGUAGE_BYTES for c in value)
+    if lower == "content-type":
+        if any(c in _UNSAFE_BYTES for c in value):
+            return False
+        essence = value.split(";", 1)[0].strip().lower()
+        return essence in SAFELISTED_CONTENT_TYPES
+    if lower == "range":
+        return is_simple_range(value)
+    return False
+
+
+def is_simple_range(value: str) -> bool:
+    """``bytes=N-`` or ``bytes=N-M`` with N <= M: a single, simple range."""
+    unit, eq, spec = value.partition("=")
+    if unit != "bytes" or not eq:
+        return False
+    start, dash, end = spec.partition("-")
+    if not dash or not start.isdigit() or not (end == "" or end.isdigit()):
+        return False
+    return end == "" or int(start) <= int(end)
+
+
+def unsafe_header_names(headers: HeaderList) -> tuple[str, ...]:
+    """Fetch "CORS-unsafe request-header names": sorted, lowercase, no duplicates."""
+    unsafe: set[str] = set()
+    potentially: set[str] = set()
+    total = 0
+    for name, value in headers:
+        if is_safelisted_request_header(name, value):
+            potentially.add(name.lower())
+            total += len(value.encode("utf-8"))
+        else:
+            unsafe.add(name.lower())
+    if total > SAFELISTED_TOTAL_LIMIT:
+        unsafe |= potentially
+    return tuple(sorted(unsafe))
+
+
+def plan(request: Request) -> Plan:
+    """Fetch "main fetch" -> "CORS-preflight fetch": whether a preflight goes first."""
+    method = normalise_method(request.method)
+    if method.upper() in FORBIDDEN_METHODS:
+        return Plan(method, (), (), (), False, (), forbidden_method=True)
+    sent = tuple((n, v) for n, v in request.headers if not is_forbidden_request_header(n))
+    dropped = tuple(n for n, _ in request.headers if is_forbidden_request_header(n))
+    unsafe = unsafe_header_names(sent)
+    reasons = []
+    if method not in SAFELISTED_METHODS:
+        reasons.append(f"method {method} is not GET, HEAD or POST")
+    for name in unsafe:
+        reasons.append(f"header {name} is not CORS-safelisted (name and value)")
+    return Plan(method, sent, dropped, unsafe, bool(reasons), tuple(reasons))
+
+
+def get_combined(headers: HeaderList, name: str) -> str | None:
+    """Fetch "get": every value of the name, joined with ", "; None when absent."""
+    values = [v for n, v in headers if n.lower() == name.lower()]
+    return ", ".join(values) if values else None
+
+
+def cors_check(request: Request, headers: HeaderList) -> Verdict:
+    """Fetch "CORS check": byte-exact Access-Control-Allow-Origin, and with credentials
+    a literal ``true`` in Access-Control-Allow-Credentials and no ``*``."""
+    rule = "Fetch 'CORS check'"
+    allow_origin = get_combined(headers, h.AC_ALLOW_ORIGIN)
+    if allow_origin is None:
+        return Verdict(False, "no Access-Control-Allow-Origin header in the response", rule)
+    if allow_origin == "*" and not request.credentials:
+        return Verdict(True, "", rule)
+    if allow_origin == "*":
+        return Verdict(
+            False,
+            "Access-Control-Allow-Origin is '*', which a credentialed request never accepts",
+            rule,
+        )
+    if allow_origin != request.origin:
+        if "," in allow_origin:
+            why = f"Access-Control-Allow-Origin has several values ({allow_origin!r})"
+        else:
+            why = (
+                f"Access-Control-Allow-Origin is {allow_origin!r}, "
+                f"not the page's origin {request.origin!r}"
+            )
+        return Verdict(False, why, rule)
+    if not request.credentials:
+        return Verdict(True, "", rule)
+    allow_credentials = get_combined(headers, h.AC_ALLOW_CREDENTIALS)
+    if allow_credentials != "true":
+        shown = "absent" if allow_credentials is None else repr(allow_credentials)
+        return Verdict(
+            False,
+            f"credentials were included but Access-Control-Allow-Credentials is {shown}, "
+            "not 'true'",
+            rule,
+        )
+    return Verdict(True, "", rule)
+
+
+def header_list_values(headers: HeaderList, name: str) -> list[str] | None:
+    """Fetch "extract header list values"; raises ValueError when a member is no token."""
+    value = get_combined(headers, name)
+    if value is None:
+        return None
+    items = [item.strip() for item in value.split(",")]
+    items = [item for item in items if item]
+    for item in items:
+        if not h.is_token(item):
+            raise ValueError(f"{name} has a value that is not a token: {item!r}")
+    return items
+
+
+def judge_preflight(request: Request, planned: Plan, status: int, headers: HeaderList) -> Verdict:
+    """Fetch "CORS-preflight fetch", steps after the response arrives."""
+    check = cors_check(request, headers)
+    if not check.ok:
+        return Verdict(False, f"preflight: {check.reason}", check.rule)
+    if not 200 <= status <= 299:
+        return Verdict(
+            False,
+            f"preflight answered {status}, not an ok status (200-299)",
+            "Fetch 'CORS-preflight fetch': response status must be ok",
+        )
+    try:
+        methods = header_list_values(headers, h.AC_ALLOW_METHODS) or []
+        names = header_list_values(headers, h.AC_ALLOW_HEADERS) or []
+    except ValueError as exc:
+        return Verdict(False, f"preflight: {exc}", "Fetch 'extract header list values'")
+    rule = "Fetch 'CORS-preflight fetch'"
+    star_methods = "*" in methods and not request.credentials
+    if (
+        planned.method not in methods
+        and planned.method not in SAFELISTED_METHODS
+        and not star_methods
+    ):
+        extra = " ('*' does not count with credentials)" if "*" in methods else ""
+        return Verdict(
+            False,
+            f"method {planned.method} is not in Access-Control-Allow-Methods{extra}",
+            rule,
+        )
+    allowed = {n.lower() for n in names}
+    sent_names = {n.lower() for n, _ in planned.headers}
+    if "authorization" in sent_names and "authorization" not in allowed:
+        return Verdict(
+            False,
+            "header authorization must be listed by name in Access-Control-Allow-Headers "
+            "('*' never covers it)",
+            rule,
+        )
+    star_headers = "*" in allowed and not request.credentials
+    for name in planned.unsafe_names:
+        if name not in allowed and not star_headers:
+            extra = " ('*' does not count with credentials)" if "*" in allowed else ""
+            return Verdict(
+                False, f"header {name} is not in Access-Control-Allow-Headers{extra}", rule
+            )
+    return Verdict(True, "", rule)
+
+
+def preflight_max_age(headers: HeaderList) -> tuple[int, int, int]:
+    """(as sent or the default, Chromium's cache time, Firefox's cache time) in seconds."""
+    raw = get_combined(headers, h.AC_MAX_AGE)
+    seconds = int(raw) if raw is not None and raw.isdigit() else DEFAULT_MAX_AGE
+    return seconds, min(seconds, CHROMIUM_MAX_AGE), min(seconds, FIREFOX_MAX_AGE)
+
+
+def readable_headers(request: Request, headers: HeaderList) -> list[str]:
+    """Which response header names the page's JavaScript can read (Fetch "CORS-filtered
+    response"): the safelisted ones plus Access-Control-Expose-Headers, where ``*`` means
+    all of them only without credentials. Set-Cookie never."""
+    try:
+        exposed = {n.lower() for n in header_list_values(headers, h.AC_EXPOSE_HEADERS) or []}
+    except ValueError:
+        exposed = set()
+    everything = "*" in exposed and not request.credentials
+    out: dict[str, str] = {}
+    for name, _ in headers:
+        lower = name.lower()
+        if lower in FORBIDDEN_RESPONSE:
+            continue
+        if everything or lower in SAFELISTED_RESPONSE or lower in exposed:
+            out.setdefault(lower, name)
+    return list(out.values())
+
+
+def names_of(headers: Iterable[tuple[str, str]]) -> list[str]:
+    return [n for n, _ in headers]

@@ -25,6 +25,7 @@ from corsproxy.origins import (
     NULL_ORIGIN,
     OriginError,
     OriginMatcher,
+    OriginPattern,
     is_exact,
     parse_origin,
     serialise,
@@ -649,6 +650,14 @@ class Validator:
             elif value == "*":
                 out.append(OriginEntry("any", "*", item, item_path))
             elif value == NULL_ORIGIN:
+                # Fetch "serializing a request origin": sandboxed iframes, file: pages and
+                # redirects across origins all send `null`, so any site can send it.
+                self.warn(
+                    item,
+                    item_path,
+                    "'null' lets any site in: a sandboxed iframe, a file: page and a "
+                    "cross-origin redirect all send Origin: null",
+                )
                 out.append(OriginEntry("exact", NULL_ORIGIN, item, item_path))
             else:
                 try:
@@ -692,7 +701,18 @@ class Validator:
         return names
 
     def header_names(self, node: Node, path: str) -> tuple[str, ...] | None:
-        return self.tokens(node, path, "header name")
+        names = self.tokens(node, path, "header name")
+        if names is None:
+            return None
+        for index, name in enumerate(names):
+            if hd.is_forbidden_request_header(name):
+                self.warn(
+                    node.value[index],
+                    f"{path}[{index}]",
+                    f"{name!r} is a forbidden request header: pages can never set it, so "
+                    "no preflight asks for it and this entry does nothing",
+                )
+        return names
 
     def expose_names(self, node: Node, path: str) -> tuple[str, ...] | None:
         names = self.tokens(node, path, "header name")
@@ -702,6 +722,13 @@ class Validator:
             if name.lower() == hd.SET_COOKIE:
                 self.error(
                     node.value[index], f"{path}[{index}]", "browsers never expose Set-Cookie"
+                )
+            elif name.lower() in hd.SAFELISTED_RESPONSE_HEADERS:
+                self.warn(
+                    node.value[index],
+                    f"{path}[{index}]",
+                    f"{name!r} is a CORS-safelisted response header: pages can always read "
+                    "it, so this entry does nothing",
                 )
         return names
 
@@ -786,10 +813,11 @@ class Validator:
                         f"{entry.node.value!r} is plain http next to allow_credentials: true: "
                         "anyone on the network path can act as it",
                     )
-        if bool(pick("allow_private_network")) and any(e.kind == "any" for e in entries):
+        if bool(pick("allow_private_network")):
             pn = source("allow_private_network")
-            if pn is not None:
-                self.warn(pn[1], pn[2], "allow_private_network with '*' origins lets any site in")
+            message = private_network_warning(entries)
+            if pn is not None and message:
+                self.warn(pn[1], pn[2], message)
         matcher = OriginMatcher(
             exact=frozenset(e.value for e in entries if e.kind == "exact"),
             patterns=tuple(e.value for e in entries if e.kind == "pattern"),
@@ -814,6 +842,40 @@ class Validator:
 _NORMALISED_METHODS = frozenset({"DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT"})
 
 
+def private_network_warning(entries: Sequence[OriginEntry]) -> str:
+    """Why these origins should not reach the private network, or ``""``.
+
+    ``*`` and ``null`` let any site in; a wildcard or a regex lets in every page it matches,
+    which is milder but more than a list says. Loopback patterns are left alone: their pages
+    already run on the user's machine, the most private address space there is.
+    """
+    for entry in entries:
+        if entry.kind == "any":
+            return f"allow_private_network with '*' origins ({entry.path}) lets any site in"
+    for entry in entries:
+        if entry.kind == "exact" and entry.value == NULL_ORIGIN:
+            return (
+                f"allow_private_network with 'null' ({entry.path}) lets any site in "
+                "through a sandboxed iframe"
+            )
+    loose = [
+        f"{e.node.value!r} at {e.path}"
+        for e in entries
+        if e.kind == "regex" or (e.kind == "pattern" and not loopback(e.value))
+    ]
+    if not loose:
+        return ""
+    return (
+        f"allow_private_network with wildcard or regex origins ({', '.join(loose)}): every "
+        "page they match, a forgotten or user-content subdomain too, can reach the private "
+        "network; prefer exact origins"
+    )
+
+
+def loopback(pattern: OriginPattern) -> bool:
+    return is_loopback(pattern.host) or (pattern.subdomains and pattern.host == "localhost")
+
+
 # Loopback origins are potentially trustworthy (W3C Secure Contexts 3.2): no network
 # attacker sits between a browser and its own machine, so plain http there is fine.
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
@@ -824,9 +886,7 @@ def insecure_origin(entry: OriginEntry) -> bool:
         parsed = split_origin(entry.value)
         return parsed is not None and parsed.scheme == "http" and not is_loopback(parsed.host)
     if entry.kind == "pattern":
-        host = entry.value.host
-        loopback = is_loopback(host) or (entry.value.subdomains and host == "localhost")
-        return entry.value.scheme == "http" and not loopback
+        return entry.value.scheme == "http" and not loopback(entry.value)
     return False
 
 

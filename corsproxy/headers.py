@@ -60,6 +60,62 @@ HOP_BY_HOP = frozenset(
     }
 )
 
+# Fetch Standard, "forbidden request-header" (fetch.spec.whatwg.org/#forbidden-request-header):
+# names a page can never set (fetch() and XHR drop them silently), so they never appear in
+# Access-Control-Request-Headers. The rule on X-HTTP-Method(-Override) and X-Method-Override
+# is left out: it forbids some values, not the names.
+FORBIDDEN_REQUEST_HEADERS = frozenset(
+    {
+        "accept-charset",
+        "accept-encoding",
+        "access-control-request-headers",
+        "access-control-request-method",
+        "connection",
+        "content-length",
+        "cookie",
+        "cookie2",
+        "date",
+        "dnt",
+        "expect",
+        "host",
+        "keep-alive",
+        "origin",
+        "referer",
+        "set-cookie",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "via",
+    }
+)
+# Same section: every name starting with these is forbidden too. A tuple, for str.startswith.
+FORBIDDEN_REQUEST_PREFIXES = ("proxy-", "sec-")
+
+# Fetch Standard, "CORS-safelisted request-header" (#cors-safelisted-request-header): the only
+# names sent without a preflight, and each only for some values: at most 128 bytes, and no
+# CORS-unsafe request-header byte (accept), only [0-9A-Za-z *,-.;=] (accept-language,
+# content-language), one of three MIME essences (content-type), a single bytes range (range);
+# all of them together at most 1024 bytes ("CORS-unsafe request-header names"). No name is
+# safelisted whatever its value, so none of these is ever useless in allow_headers.
+SAFELISTED_REQUEST_HEADERS = frozenset(
+    {"accept", "accept-language", "content-language", "content-type", "range"}
+)
+
+# Fetch Standard, "CORS-safelisted response-header name" (#cors-safelisted-response-header-name):
+# a page can always read these on a CORS response, so expose_headers never needs them.
+SAFELISTED_RESPONSE_HEADERS = frozenset(
+    {
+        "cache-control",
+        "content-language",
+        "content-length",
+        "content-type",
+        "expires",
+        "last-modified",
+        "pragma",
+    }
+)
+
 PREFLIGHT_VARY = (ORIGIN, AC_REQUEST_METHOD, AC_REQUEST_HEADERS)
 ORIGIN_VARY = (ORIGIN,)
 
@@ -75,6 +131,12 @@ def is_token(name: str) -> bool:
 
 
 _TCHAR = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def is_forbidden_request_header(name: str) -> bool:
+    """True when a page can never set ``name`` (Fetch "forbidden request-header", by name)."""
+    lower = name.lower()
+    return lower in FORBIDDEN_REQUEST_HEADERS or lower.startswith(FORBIDDEN_REQUEST_PREFIXES)
 
 
 def connection_listed(values: Iterable[str]) -> set[str]:

@@ -271,6 +271,93 @@ WARNING_CASES = [
         [],
     ),
     ("lowercase-method", "defaults:\n  allow_methods: [get]\n", [(3, "defaults.allow_methods[0]")]),
+    (
+        "null-origin-lets-sandboxed-iframes-in",
+        "defaults:\n  allow_origins: [https://a.test, 'null']\n",
+        [(3, "defaults.allow_origins[1]")],
+    ),
+    (
+        "private-network-with-star",
+        "defaults:\n  allow_origins: ['*']\n  allow_private_network: true\n",
+        [(4, "defaults.allow_private_network")],
+    ),
+    (
+        "private-network-with-null",
+        "defaults:\n  allow_origins: ['null']\n  allow_private_network: true\n",
+        [(3, "defaults.allow_origins[0]"), (4, "defaults.allow_private_network")],
+    ),
+    (
+        "private-network-with-subdomain-wildcard",
+        "defaults:\n  allow_origins: ['https://*.a.test']\n  allow_private_network: true\n",
+        [(4, "defaults.allow_private_network")],
+    ),
+    (
+        "private-network-with-any-port",
+        "defaults:\n  allow_origins: ['https://a.test:*']\n  allow_private_network: true\n",
+        [(4, "defaults.allow_private_network")],
+    ),
+    (
+        "private-network-with-regex",
+        """\
+        defaults:
+          allow_origins: [{regex: '^https://a\\.test$'}]
+          allow_private_network: true
+        """,
+        [(4, "defaults.allow_private_network")],
+    ),
+    (
+        "private-network-line-is-the-key-not-the-origins",
+        """\
+        defaults:
+          allow_private_network: true
+        routes:
+          - path: /x
+            cors: {allow_origins: ['*']}
+        """,
+        [(3, "defaults.allow_private_network")],
+    ),
+    (
+        "private-network-with-exact-origins-is-fine",
+        "defaults:\n  allow_origins: [https://a.test]\n  allow_private_network: true\n",
+        [],
+    ),
+    (
+        "private-network-with-loopback-wildcards-is-fine",
+        """\
+        defaults:
+          allow_origins: ['http://localhost:*', 'http://*.localhost', 'http://127.0.0.1:*']
+          allow_private_network: true
+        """,
+        [],
+    ),
+    (
+        "allow-headers-forbidden-names",
+        """\
+        defaults:
+          allow_headers: [Cookie, X-Token, sec-fetch-mode, Proxy-Authorization, Host]
+        """,
+        [
+            (3, "defaults.allow_headers[0]"),
+            (3, "defaults.allow_headers[2]"),
+            (3, "defaults.allow_headers[3]"),
+            (3, "defaults.allow_headers[4]"),
+        ],
+    ),
+    (
+        # Each is safelisted only for some values (a long or odd value is preflighted).
+        "allow-headers-value-dependent-safelisted-names-are-fine",
+        """\
+        defaults:
+          allow_headers: [Accept, Accept-Language, Content-Language, Content-Type, Range]
+        """,
+        [],
+    ),
+    (
+        "expose-headers-safelisted-names",
+        "defaults:\n  expose_headers: [Content-Length, X-Request-ID, cache-control]\n",
+        [(3, "defaults.expose_headers[0]"), (3, "defaults.expose_headers[2]")],
+    ),
+    ("expose-headers-etag-is-fine", "defaults:\n  expose_headers: [ETag]\n", []),
 ]
 
 
@@ -279,6 +366,23 @@ WARNING_CASES = [
 )
 def test_warnings(text: str, expected: list[tuple[int, str]]) -> None:
     assert warnings_of("upstream: http://a\n" + textwrap.dedent(text)) == expected
+
+
+@pytest.mark.parametrize(
+    ("origins", "reason"),
+    [
+        pytest.param("['*']", "lets any site in", id="star"),
+        pytest.param("['null']", "sandboxed iframe", id="null"),
+        pytest.param("['https://*.a.test']", "prefer exact origins", id="wildcard"),
+    ],
+)
+def test_private_network_warning_says_how_bad(origins: str, reason: str) -> None:
+    _, warnings = load(
+        f"upstream: http://a\ndefaults:\n  allow_origins: {origins}\n"
+        "  allow_private_network: true\n"
+    )
+    messages = [d.message for d in warnings if d.path == "defaults.allow_private_network"]
+    assert len(messages) == 1 and reason in messages[0]
 
 
 def test_builtin_defaults() -> None:

@@ -60,11 +60,17 @@ FORBIDDEN_REQUEST = frozenset(
     }
 )
 FORBIDDEN_REQUEST_PREFIXES = ("proxy-", "sec-")
+# Forbidden only when one of their comma-separated values is a forbidden method.
+METHOD_OVERRIDE_HEADERS = frozenset(
+    {"x-http-method", "x-http-method-override", "x-method-override"}
+)
 FORBIDDEN_METHODS = frozenset({"CONNECT", "TRACE", "TRACK"})
 FORBIDDEN_RESPONSE = frozenset({"set-cookie", "set-cookie2"})
 # "CORS-unsafe request-header byte".
 _UNSAFE_BYTES = frozenset(chr(b) for b in range(0x20) if b != 0x09) | set('"():<>?@[\\]{}\x7f')
 _LANGUAGE_BYTES = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz *,-.;=")
+_HTTP_WHITESPACE = " \t\r\n"  # Fetch "HTTP whitespace" (str.strip() would also take \xa0 etc.)
+_HTTP_TAB_OR_SPACE = " \t"
 SAFELISTED_VALUE_LIMIT = 128  # per header value
 SAFELISTED_TOTAL_LIMIT = 1024  # all safelisted values together
 DEFAULT_MAX_AGE = 5  # seconds a preflight is cached without Access-Control-Max-Age
@@ -95,8 +101,9 @@ class Plan:
     forbidden_method: bool = False  # fetch() throws before sending anything
 
     def preflight_headers(self, origin: str) -> tuple[tuple[str, str], ...]:
-        """The CORS-preflight request's headers (no credentials, ever)."""
-        out = [(h.ORIGIN, origin), (h.AC_REQUEST_METHOD, self.method)]
+        """The CORS-preflight request's headers (no credentials, ever), in the Fetch
+        Standard's order after Origin: ``Accept: */*``, the method, the unsafe names."""
+        out = [(h.ORIGIN, origin), ("Accept", "*/*"), (h.AC_REQUEST_METHOD, self.method)]
         if self.unsafe_names:
             out.append((h.AC_REQUEST_HEADERS, ",".join(self.unsafe_names)))
         return tuple(out)
@@ -114,14 +121,52 @@ def normalise_method(method: str) -> str:
     return upper if upper in NORMALISED_METHODS else method
 
 
-def is_forbidden_request_header(name: str) -> bool:
+def is_forbidden_request_header(name: str, value: str = "") -> bool:
+    """Fetch "forbidden request-header": by name, or X-HTTP-Method(-Override) and
+    X-Method-Override when one of their values is a forbidden method."""
     lower = name.lower()
-    return lower in FORBIDDEN_REQUEST or lower.startswith(FORBIDDEN_REQUEST_PREFIXES)
+    if lower in FORBIDDEN_REQUEST or lower.startswith(FORBIDDEN_REQUEST_PREFIXES):
+        return True
+    if lower in METHOD_OVERRIDE_HEADERS:
+        return any(m.upper() in FORBIDDEN_METHODS for m in split_values(value))
+    return False
+
+
+def split_values(value: str) -> list[str]:
+    """Fetch "get, decode, and split": commas inside double quotes do not split."""
+    values, current, quoted, escaped = [], [], False, False
+    for c in value:
+        if escaped:
+            escaped = False
+        elif quoted and c == "\\":
+            escaped = True
+        elif c == '"':
+            quoted = not quoted
+        elif c == "," and not quoted:
+            values.append("".join(current).strip(_HTTP_TAB_OR_SPACE))
+            current = []
+            continue
+        current.append(c)
+    values.append("".join(current).strip(_HTTP_TAB_OR_SPACE))
+    return values
+
+
+def byte_length(value: str) -> int:
+    """A header value's length in bytes: fetch() values are byte strings (isomorphic
+    encoding, one byte a character); UTF-8 for characters fetch() would refuse."""
+    try:
+        return len(value.encode("latin-1"))
+    except UnicodeEncodeError:
+        return len(value.encode("utf-8"))
+
+
+def _ascii_digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
 
 
 def is_safelisted_request_header(name: str, value: str) -> bool:
     """Fetch "CORS-safelisted request-header": the name *and* the value count."""
-    if len(value.encode("utf-8")) > SAFELISTED_VALUE_LIMIT:
+    if byte_length(value) > SAFELISTED_VALUE_LIMIT:
         return False
     lower = name.lower()
     if lower == "accept":
@@ -131,7 +176,7 @@ def is_safelisted_request_header(name: str, value: str) -> bool:
     if lower == "content-type":
         if any(c in _UNSAFE_BYTES for c in value):
             return False
-        essence = value.split(";", 1)[0].strip().lower()
+        essence = value.split(";", 1)[0].strip(_HTTP_WHITESPACE).lower()
         return essence in SAFELISTED_CONTENT_TYPES
     if lower == "range":
         return is_simple_range(value)
@@ -144,7 +189,7 @@ def is_simple_range(value: str) -> bool:
     if unit != "bytes" or not eq:
         return False
     start, dash, end = spec.partition("-")
-    if not dash or not start.isdigit() or not (end == "" or end.isdigit()):
+    if not dash or not _ascii_digits(start) or not (end == "" or _ascii_digits(end)):
         return False
     return end == "" or int(start) <= int(end)
 
@@ -157,7 +202,7 @@ def unsafe_header_names(headers: HeaderList) -> tuple[str, ...]:
     for name, value in headers:
         if is_safelisted_request_header(name, value):
             potentially.add(name.lower())
-            total += len(value.encode("utf-8"))
+            total += byte_length(value)
         else:
             unsafe.add(name.lower())
     if total > SAFELISTED_TOTAL_LIMIT:
@@ -170,8 +215,10 @@ def plan(request: Request) -> Plan:
     method = normalise_method(request.method)
     if method.upper() in FORBIDDEN_METHODS:
         return Plan(method, (), (), (), False, (), forbidden_method=True)
-    sent = tuple((n, v) for n, v in request.headers if not is_forbidden_request_header(n))
-    dropped = tuple(n for n, _ in request.headers if is_forbidden_request_header(n))
+    # Headers.append normalises each value (strips leading and trailing HTTP whitespace).
+    asked = [(n, v.strip(_HTTP_WHITESPACE)) for n, v in request.headers]
+    sent = tuple((n, v) for n, v in asked if not is_forbidden_request_header(n, v))
+    dropped = tuple(n for n, v in asked if is_forbidden_request_header(n, v))
     unsafe = unsafe_header_names(sent)
     reasons = []
     if method not in SAFELISTED_METHODS:
@@ -230,7 +277,7 @@ def header_list_values(headers: HeaderList, name: str) -> list[str] | None:
     value = get_combined(headers, name)
     if value is None:
         return None
-    items = [item.strip() for item in value.split(",")]
+    items = [item.strip(_HTTP_TAB_OR_SPACE) for item in value.split(",")]
     items = [item for item in items if item]
     for item in items:
         if not h.is_token(item):
@@ -289,7 +336,7 @@ def judge_preflight(request: Request, planned: Plan, status: int, headers: Heade
 def preflight_max_age(headers: HeaderList) -> tuple[int, int, int]:
     """(as sent or the default, Chromium's cache time, Firefox's cache time) in seconds."""
     raw = get_combined(headers, h.AC_MAX_AGE)
-    seconds = int(raw) if raw is not None and raw.isdigit() else DEFAULT_MAX_AGE
+    seconds = int(raw) if raw is not None and _ascii_digits(raw) else DEFAULT_MAX_AGE
     return seconds, min(seconds, CHROMIUM_MAX_AGE), min(seconds, FIREFOX_MAX_AGE)
 
 

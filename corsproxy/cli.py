@@ -18,6 +18,7 @@ from corsproxy.config import (
     Diagnostic,
     Overrides,
     load_settings,
+    settings_from_flags,
 )
 from corsproxy.policy import Settings
 from corsproxy.reload import ConfigSource
@@ -68,6 +69,9 @@ def build_parser() -> Parser:
         "-c", "--config", help="config file (default: $CORSPROXY_CONFIG, else ./corsproxy.yaml)"
     )
 
+    add_explain_parser(commands)
+    add_probe_parser(commands)
+
     demo = commands.add_parser("demo", help="run the proxy in front of a built-in echo upstream")
     demo.add_argument("-c", "--config", help=f"rules to use (default: {DEMO_CONFIG})")
     demo.add_argument(
@@ -87,6 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check":
             return run_check(args)
+        if args.command == "explain":
+            return run_explain(args)
+        if args.command == "probe":
+            return run_probe(args)
         if args.command == "serve":
             return run_serve(args)
         return run_demo(args)
@@ -270,3 +278,134 @@ Try these in another terminal (Ctrl-C here stops the demo):
   # a public route open to every origin
   curl -si {proxy}/public/status -H 'Origin: https://anywhere.example.org'
 """
+
+
+# --- explain --------------------------------------------------------------------------------
+
+
+def add_explain_parser(commands: argparse._SubParsersAction[Parser]) -> None:
+    explain = commands.add_parser(
+        "explain", help="tell what a browser would see through the proxy, without any network"
+    )
+    explain.add_argument(
+        "-c", "--config", help="config file (default: $CORSPROXY_CONFIG, else ./corsproxy.yaml)"
+    )
+    explain.add_argument("--origin", required=True, help="the page's origin, or null")
+    explain.add_argument("--method", required=True, help="the method the page asks fetch() for")
+    explain.add_argument("--path", required=True, help="request path (and query) on the proxy")
+    explain.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        dest="headers",
+        metavar="'NAME: VALUE'",
+        help="a request header the page sets; repeat for more (a bare NAME has an empty value)",
+    )
+    explain.add_argument(
+        "--credentials", action="store_true", help="credentials: 'include' (cookies, auth)"
+    )
+    explain.add_argument(
+        "--host", help="Host the page addresses (default: the config's listen address)"
+    )
+    explain.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    from corsproxy.explain import ArgumentError, build_request, explain, format_text, to_json
+
+    try:
+        request = build_request(args.origin, args.method, args.headers, args.credentials)
+        if not args.path.startswith("/"):
+            raise ArgumentError(f"--path {args.path!r} must start with '/'")
+        if args.host is not None and not valid_host(args.host):
+            raise ArgumentError(f"--host {args.host!r} is not host[:port]")
+    except ArgumentError as exc:
+        print(f"corsproxy explain: error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    loaded = load_for_explain(args.config)
+    if loaded is None:
+        return EXIT_INVALID
+    settings, origins_from = loaded
+    result = explain(settings, request, args.path, args.host, origins_from=origins_from)
+    print(to_json(result) if args.json else format_text(result).rstrip("\n"))
+    return result.exit_code
+
+
+def load_for_explain(explicit: str | None) -> tuple[Settings, str | None] | None:
+    """The rules `serve` would run with here: the same file, the same $CORSPROXY_* variables.
+    Also returns where the origins came from when a variable replaced them."""
+    overrides = serve_overrides(
+        argparse.Namespace(upstream=None, allow_origins=None, allow_credentials=False, listen=None)
+    )
+    path, named = config_path(explicit)
+    try:
+        if named or os.path.exists(path):
+            settings, _ = load_settings(path, overrides)
+        elif overrides.upstream is not None:
+            settings, _ = settings_from_flags(overrides)
+        else:
+            print(
+                f"corsproxy: error: no config: {path} does not exist; pass -c FILE",
+                file=sys.stderr,
+            )
+            return None
+    except ConfigInvalid as exc:
+        print_diagnostics(exc.diagnostics)
+        return None
+    origins = overrides.allow_origins
+    return settings, origins[1] if origins is not None else None
+
+
+def valid_host(host: str) -> bool:
+    name, _, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+    if not name:
+        name, port = host, ""
+    if port and not port.isdigit():
+        return False
+    return bool(name) and not any(c in name for c in "/?#@ \t\r\n,")
+
+
+# --- probe ----------------------------------------------------------------------------------
+
+
+def add_probe_parser(commands: argparse._SubParsersAction[Parser]) -> None:
+    probe = commands.add_parser(
+        "probe", help="check a live server as a browser would (preflight, request, verdict)"
+    )
+    probe.add_argument("url", metavar="URL", help="the http:// or https:// URL the page fetches")
+    probe.add_argument("--origin", required=True, help="the page's origin, or null")
+    probe.add_argument(
+        "--method", default="GET", help="the method the page asks fetch() for (default GET)"
+    )
+    probe.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        dest="headers",
+        metavar="'NAME: VALUE'",
+        help="a request header the page sets; repeat for more",
+    )
+    probe.add_argument(
+        "--credentials", action="store_true", help="credentials: 'include' (cookies, auth)"
+    )
+    probe.add_argument("--json", action="store_true", help="machine-readable output")
+    probe.add_argument(
+        "--timeout", type=float, default=10.0, metavar="SECONDS", help="per request (default 10)"
+    )
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    from corsproxy.probe import ArgumentError, ProbeError, build_request, probe
+    from corsproxy.probe import format_text as probe_text
+    from corsproxy.probe import to_json as probe_json
+
+    try:
+        if not args.timeout > 0:
+            raise ArgumentError(f"--timeout {args.timeout:g} must be more than 0")
+        request = build_request(args.origin, args.method, args.headers, args.credentials)
+        result = asyncio.run(probe(args.url, request, args.timeout))
+    except (ArgumentError, ProbeError) as exc:
+        print(f"corsproxy probe: error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    print(probe_json(result) if args.json else probe_text(result))
+    return EXIT_OK if result.allowed else 1

@@ -21,46 +21,7 @@ NORMALISED_METHODS = frozenset({"DELETE", "GET", "HEAD", "OPTIONS", "POST", "PUT
 SAFELISTED_CONTENT_TYPES = frozenset(
     {"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"}
 )
-# "CORS-safelisted response-header name": always readable by the page.
-SAFELISTED_RESPONSE = frozenset(
-    {
-        "cache-control",
-        "content-language",
-        "content-length",
-        "content-type",
-        "expires",
-        "last-modified",
-        "pragma",
-    }
-)
-# "forbidden request-header": a page cannot set these; fetch() drops them silently.
-FORBIDDEN_REQUEST = frozenset(
-    {
-        "accept-charset",
-        "accept-encoding",
-        "access-control-request-headers",
-        "access-control-request-method",
-        "connection",
-        "content-length",
-        "cookie",
-        "cookie2",
-        "date",
-        "dnt",
-        "expect",
-        "host",
-        "keep-alive",
-        "origin",
-        "referer",
-        "set-cookie",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "via",
-    }
-)
-FORBIDDEN_REQUEST_PREFIXES = ("proxy-", "sec-")
-# Forbidden only when one of their comma-separated values is a forbidden method.
+# The forbidden and safelisted name sets live in headers.py (config's warnings use them too).
 METHOD_OVERRIDE_HEADERS = frozenset(
     {"x-http-method", "x-http-method-override", "x-method-override"}
 )
@@ -124,10 +85,9 @@ def normalise_method(method: str) -> str:
 def is_forbidden_request_header(name: str, value: str = "") -> bool:
     """Fetch "forbidden request-header": by name, or X-HTTP-Method(-Override) and
     X-Method-Override when one of their values is a forbidden method."""
-    lower = name.lower()
-    if lower in FORBIDDEN_REQUEST or lower.startswith(FORBIDDEN_REQUEST_PREFIXES):
+    if h.is_forbidden_request_header(name):
         return True
-    if lower in METHOD_OVERRIDE_HEADERS:
+    if name.lower() in METHOD_OVERRIDE_HEADERS:
         return any(m.upper() in FORBIDDEN_METHODS for m in split_values(value))
     return False
 
@@ -354,7 +314,7 @@ def readable_headers(request: Request, headers: HeaderList) -> list[str]:
         lower = name.lower()
         if lower in FORBIDDEN_RESPONSE:
             continue
-        if everything or lower in SAFELISTED_RESPONSE or lower in exposed:
+        if everything or lower in h.SAFELISTED_RESPONSE_HEADERS or lower in exposed:
             out.setdefault(lower, name)
     return list(out.values())
 

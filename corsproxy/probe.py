@@ -311,17 +311,18 @@ class ArgumentError(ValueError):
 def build_request(
     origin: str, method: str, header_args: list[str], credentials: bool
 ) -> browser.Request:
-    """A browser.Request from ``--origin``, ``--method`` and ``--header 'Name: value'``.
+    """A browser.Request from ``--origin``, ``--method`` and ``--header 'Name: value'``
+    (a bare ``Name``, as SPEC 2 writes it, is sent with an empty value, like ``explain``).
 
     The origin is serialised as a browser sends it (lowercase, no default port)."""
     if not h.is_token(method):
         raise ArgumentError(f"--method {method!r} is not an HTTP method name (a token)")
     pairs = []
     for arg in header_args:
-        name, colon, value = arg.partition(":")
+        name, _, value = arg.partition(":")
         name, value = name.strip(), value.strip()
-        if not colon or not h.is_token(name):
-            raise ArgumentError(f"--header {arg!r}: expected 'Name: value'")
+        if not h.is_token(name):
+            raise ArgumentError(f"--header {arg!r}: expected 'Name' or 'Name: value'")
         if any(c in value for c in "\r\n\x00"):
             raise ArgumentError(f"--header {arg!r}: the value has a line break or NUL")
         pairs.append((name, value))

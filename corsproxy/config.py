@@ -28,7 +28,9 @@ from corsproxy.origins import (
     OriginPattern,
     is_exact,
     parse_origin,
+    routing_host,
     serialise,
+    split_authority,
     split_origin,
 )
 from corsproxy.paths import PathPattern, PatternError, compile_pattern
@@ -547,7 +549,7 @@ class Validator:
         if "host" in keys:
             text = self.string(keys["host"], f"{path}.host")
             if text is not None:
-                host = route_host(text)
+                host = routing_host(text)
         upstream = default_upstream
         if "upstream" in keys:
             upstream = self.upstream(keys["upstream"], f"{path}.upstream")
@@ -905,14 +907,6 @@ def route_label(route: Route) -> str:
     return repr(pattern) if route.name == pattern else f"{route.name!r} ({pattern})"
 
 
-def route_host(text: str) -> str:
-    """A route's ``host``, compared with the Host header lowercased and without its port."""
-    text = text.lower()
-    if text.startswith("["):
-        return text[: text.find("]") + 1] if "]" in text else text
-    return text.partition(":")[0].removesuffix(".")
-
-
 def describe(value: Any) -> str:
     if value is None:
         return "nothing"
@@ -926,16 +920,12 @@ def describe(value: Any) -> str:
 
 
 def split_host_port(text: str) -> tuple[str | None, int | None]:
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0 or text[end + 1 : end + 2] != ":":
-            return None, None
-        host, port_text = text[1:end], text[end + 2 :]
-    else:
-        host, _, port_text = text.rpartition(":")
-    if not host or not port_text.isdigit():
+    """A listen address: ``host:port``, an IPv6 host in brackets (returned without them)."""
+    split = split_authority(text)
+    if split is None or split[1] is None or not split[1].isdigit() or not split[0]:
         return None, None
-    return host, int(port_text)
+    host = split[0][1:-1] if split[0].startswith("[") else split[0]
+    return (host, int(split[1])) if host else (None, None)
 
 
 def parse_upstream(text: str) -> tuple[Upstream | None, str]:
@@ -951,18 +941,12 @@ def parse_upstream(text: str) -> tuple[Upstream | None, str]:
         return None, f"{text!r}: an upstream URL has no user:password@"
     if not authority:
         return None, f"{text!r}: missing host"
-    host, port = authority, None
-    if authority.startswith("["):
-        end = authority.find("]")
-        if end < 0:
-            return None, f"{text!r}: invalid IPv6 host"
-        host, tail = authority[: end + 1], authority[end + 1 :]
-        if tail:
-            if not tail.startswith(":") or not tail[1:].isdigit():
-                return None, f"{text!r}: invalid port"
-            port = int(tail[1:])
-    elif ":" in authority:
-        host, _, port_text = authority.partition(":")
+    split = split_authority(authority)
+    if split is None:
+        return None, f"{text!r}: invalid IPv6 host"
+    host, port_text = split
+    port = None
+    if port_text is not None:
         if not port_text.isdigit():
             return None, f"{text!r}: invalid port"
         port = int(port_text)

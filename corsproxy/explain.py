@@ -30,7 +30,7 @@ from corsproxy.cors import (
     header_allowed,
     method_allowed,
 )
-from corsproxy.origins import DEFAULT_PORTS, NULL_ORIGIN, split_origin
+from corsproxy.origins import DEFAULT_PORTS, NULL_ORIGIN, routing_host, split_origin
 from corsproxy.paths import PathError, parse_target
 from corsproxy.policy import Policy, Route, Settings
 
@@ -184,7 +184,7 @@ def explain(
     bad_path = ""
     try:
         target = parse_target(path)
-        route = settings.table.match(route_host(host), target.path)
+        route = settings.table.match(routing_host(host), target.path)
         shown_path = target.path_qs
     except PathError as exc:
         bad_path = str(exc)
@@ -346,14 +346,6 @@ def addressed_origin(scheme: str, host: str) -> str:
     if host.endswith(default):
         host = host[: -len(default)]
     return f"{scheme}://{host}"
-
-
-def route_host(host: str) -> str:
-    """The Host as routes compare it: lowercase, no port, no trailing dot (as the proxy)."""
-    host = host.lower()
-    if host.startswith("["):
-        return host[: host.find("]") + 1]
-    return host.partition(":")[0].removesuffix(".")
 
 
 def route_index(settings: Settings, route: Route) -> int | None:

@@ -56,6 +56,34 @@ class ParsedOrigin:
     port: int | None
 
 
+def split_authority(authority: str) -> tuple[str, str | None] | None:
+    """``host[:port]`` -> (host, port text or None). An IPv6 host keeps its brackets.
+
+    None when a bracket is unbalanced or something other than a port follows it. The one
+    place the project splits a host from its port: origins, Host headers, listen
+    addresses and upstream URLs all come through here.
+    """
+    if authority.startswith("["):
+        end = authority.find("]")
+        if end < 0:
+            return None
+        host, tail = authority[: end + 1], authority[end + 1 :]
+        if not tail:
+            return host, None
+        return (host, tail[1:]) if tail.startswith(":") else None
+    host, colon, port = authority.partition(":")
+    return host, (port if colon else None)
+
+
+def routing_host(host_header: str) -> str:
+    """A Host as routes compare it: lowercase, no port, and no trailing dot
+    (``api.example.com.`` names the same host and must not dodge a ``host:`` route)."""
+    lowered = host_header.lower()
+    split = split_authority(lowered)
+    host = split[0] if split is not None else lowered
+    return host if host.startswith("[") else host.removesuffix(".")
+
+
 def split_origin(origin: str) -> ParsedOrigin | None:
     """Split a request's serialised origin; ``None`` when it is not one.
 
@@ -66,22 +94,15 @@ def split_origin(origin: str) -> ParsedOrigin | None:
         return None
     if any(c in rest for c in "/?#@\\ "):
         return None
+    split = split_authority(rest)
+    if split is None:
+        return None
+    host, port_text = split
     port: int | None = None
-    if rest.startswith("["):
-        end = rest.find("]")
-        if end < 0:
+    if port_text is not None:
+        if not port_text.isdigit():
             return None
-        host, tail = rest[: end + 1], rest[end + 1 :]
-        if tail:
-            if not tail.startswith(":") or not tail[1:].isdigit():
-                return None
-            port = int(tail[1:])
-    else:
-        host, colon, port_text = rest.partition(":")
-        if colon:
-            if not port_text.isdigit():
-                return None
-            port = int(port_text)
+        port = int(port_text)
     if not host:
         return None
     host = host.lower()
@@ -147,17 +168,12 @@ def parse_origin(text: str) -> OriginPattern:
             raise OriginError(f"an origin has no {what}: remove everything after the host[:port]")
     if not rest:
         raise OriginError("missing host")
+    split = split_authority(rest)
+    if split is None:
+        raise OriginError("invalid host or port")
+    host, port_text = split
     port: int | None = None
-    if rest.startswith("["):
-        end = rest.find("]")
-        host, tail = (rest[: end + 1], rest[end + 1 :]) if end >= 0 else (rest, "")
-    else:
-        host, colon, port_text = rest.partition(":")
-        tail = colon + port_text
-    if tail:
-        if not tail.startswith(":") or len(tail) == 1:
-            raise OriginError("invalid port")
-        port_text = tail[1:]
+    if port_text is not None:
         if port_text == "*":
             port = ANY_PORT
         elif port_text.isdigit() and 0 < int(port_text) < 65536:

@@ -29,6 +29,7 @@ from corsproxy.cors import (
     decide,
     expose_value_for,
 )
+from corsproxy.origins import routing_host
 from corsproxy.paths import PathError, Target, parse_target
 from corsproxy.policy import Settings, Upstream
 
@@ -101,7 +102,7 @@ class Proxy:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         settings = self.settings
-        host = host_without_port(request.headers.get(h.HOST, ""))
+        host = routing_host(request.headers.get(h.HOST, ""))
         target: Target | None = None
         path_error = ""
         try:
@@ -387,15 +388,6 @@ def addressed_origin(request: web.BaseRequest, settings: Settings) -> str:
     if default and host.endswith(default):
         host = host[: -len(default)]
     return f"{scheme}://{host}"
-
-
-def host_without_port(host: str) -> str:
-    """The Host header as routes compare it: lowercase, no port, no trailing dot
-    (``api.example.com.`` names the same host and must not dodge a ``host:`` route)."""
-    host = host.lower()
-    if host.startswith("["):
-        return host[: host.find("]") + 1]
-    return host.partition(":")[0].removesuffix(".")
 
 
 def is_websocket(request: web.BaseRequest) -> bool:

@@ -191,3 +191,37 @@ def test_pattern_coverage_for_shadowing() -> None:
     assert compile_pattern("/*/x").covers(compile_pattern("/a/x"))
     assert not compile_pattern("/api/x").covers(compile_pattern("/api/**"))
     assert not compile_pattern("/api/*").covers(compile_pattern("/api/x/y"))
+
+
+@pytest.mark.parametrize(
+    ("authority", "expected"),
+    [
+        pytest.param("a.test", ("a.test", None), id="host-only"),
+        pytest.param("a.test:8080", ("a.test", "8080"), id="host-and-port"),
+        pytest.param("a.test:", ("a.test", ""), id="empty-port-kept-for-the-caller"),
+        pytest.param("[::1]:80", ("[::1]", "80"), id="ipv6-keeps-brackets"),
+        pytest.param("[::1]", ("[::1]", None), id="ipv6-without-port"),
+        pytest.param("[::1", None, id="unbalanced-bracket"),
+        pytest.param("[::1]x", None, id="junk-after-bracket"),
+    ],
+)
+def test_split_authority(authority: str, expected: tuple[str, str | None] | None) -> None:
+    from corsproxy.origins import split_authority
+
+    assert split_authority(authority) == expected
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("API.Example.com:8443", "api.example.com"),
+        ("api.example.com.", "api.example.com"),
+        ("api.example.com.:80", "api.example.com"),
+        ("[::1]:8080", "[::1]"),
+        ("", ""),
+    ],
+)
+def test_routing_host(host: str, expected: str) -> None:
+    from corsproxy.origins import routing_host
+
+    assert routing_host(host) == expected

@@ -311,6 +311,22 @@ def explain(
     decision = decide(policy, RequestFacts(planned.method, (request.origin,), addressed))
     base["actual_sent"] = True
     base["actual_proxy_reason"] = decision.reason
+    if planned.method not in LISTENER_METHODS:
+        # Refused by the HTTP parser before any rule is read: a 400 with no CORS headers.
+        base.update(actual_status=400, actual_headers=())
+        upper = planned.method.upper()
+        fix = (
+            f"call fetch() with method '{upper}': browsers send '{planned.method}' as written "
+            "and the proxy's HTTP parser only takes the registered methods in uppercase"
+            if upper in LISTENER_METHODS
+            else f"use a registered HTTP method: the proxy's HTTP parser refuses '{planned.method}'"
+        )
+        return finish(
+            allowed=False,
+            reason=f"the proxy answers 400: its HTTP parser refuses the method "
+            f"'{planned.method}' before any CORS rule is read",
+            fixes=(fix,),
+        )
     if bad_path:
         base.update(actual_status=400, actual_headers=error_headers(decision))
     elif decision.action is Action.ANSWER:
@@ -337,6 +353,48 @@ def explain(
         readable=readable,
         readable_note=note,
     )
+
+
+# The request methods aiohttp's HTTP parser (llhttp) takes; any other method, and any of
+# these in lowercase (a browser sends `patch` as written), gets 400 before the proxy runs.
+LISTENER_METHODS = frozenset(
+    [
+        "ACL",
+        "BIND",
+        "CHECKOUT",
+        "COPY",
+        "DELETE",
+        "GET",
+        "HEAD",
+        "LINK",
+        "LOCK",
+        "M-SEARCH",
+        "MERGE",
+        "MKACTIVITY",
+        "MKCALENDAR",
+        "MKCOL",
+        "MOVE",
+        "NOTIFY",
+        "OPTIONS",
+        "PATCH",
+        "POST",
+        "PROPFIND",
+        "PROPPATCH",
+        "PURGE",
+        "PUT",
+        "QUERY",
+        "REBIND",
+        "REPORT",
+        "SEARCH",
+        "SOURCE",
+        "SUBSCRIBE",
+        "TRACE",
+        "UNBIND",
+        "UNLINK",
+        "UNLOCK",
+        "UNSUBSCRIBE",
+    ]
+)
 
 
 def addressed_origin(scheme: str, host: str) -> str:

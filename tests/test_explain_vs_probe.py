@@ -14,14 +14,13 @@ import asyncio
 import itertools
 import time
 
-import pytest
 from aiohttp import web
 from conftest import ProxyFactory, Upstream
 
 from corsproxy import browser
 from corsproxy import headers as h
 from corsproxy.config import parse_settings
-from corsproxy.explain import Explanation, explain
+from corsproxy.explain import LISTENER_METHODS, Explanation, explain
 from corsproxy.policy import Settings
 from corsproxy.probe import ProbeResult, probe
 
@@ -152,7 +151,6 @@ async def test_explain_agrees_with_probe_against_the_live_proxy(
     cases = requests()
     limit = asyncio.Semaphore(24)
     disagreements: list[str] = []
-    known: list[str] = []  # the listener bug below, expected until it is fixed
     checked = 0
     for name, text in CONFIGS.items():
         running = await make_proxy(text, upstream=upstream.url)
@@ -174,42 +172,26 @@ async def test_explain_agrees_with_probe_against_the_live_proxy(
             checked += 1
             report_only = name == "report-only"
             assert ex.report_only is report_only
-            # report_only: the live verdict follows the upstream, which allows everything.
-            expected = True if report_only else ex.allowed
+            # report_only: the live verdict follows the upstream, which allows everything
+            # that gets past the HTTP parser.
+            reaches = browser.normalise_method(request.method) in LISTENER_METHODS
+            expected = reaches if report_only else ex.allowed
             if live.allowed is not expected or live.preflight_sent is not ex.preflight_sent:
-                if listener_refuses(request, expected, live):
-                    known.append(describe(name, request, ex, live))
-                else:
-                    disagreements.append(describe(name, request, ex, live))
+                disagreements.append(describe(name, request, ex, live))
 
         await asyncio.gather(*(one(request) for request in cases))
         upstream.seen.clear()
     assert disagreements == [], "\n".join(disagreements[:20])
     assert checked == len(CONFIGS) * len(cases) >= 200
-    assert known, "the listener now takes 'patch': fold KNOWN_BUG back into the matrix"
     assert time.monotonic() - started < 30
 
 
-def listener_refuses(request: browser.Request, expected: bool | None, live: ProbeResult) -> bool:
-    """KNOWN BUG (proxy, not explain): aiohttp's HTTP parser answers ``400 Invalid method``
-    to a request line whose method is not one it knows in uppercase (``patch``, ``FOO``),
-    before the proxy's handler runs, so the 400 has no CORS headers. SPEC 3.4 makes methods
-    case-sensitive and browsers send ``patch`` as written (only the six standard methods are
-    uppercased), so an actual ``patch`` request the rules allow is blocked live. The
-    preflight (``OPTIONS`` with ``Access-Control-Request-Method: patch``) is unaffected."""
-    return (
-        request.method != request.method.upper()
-        and expected is True
-        and live.stage == "actual"
-        and live.allowed is False
-        and "no Access-Control-Allow-Origin" in live.reason
-    )
-
-
-@pytest.mark.xfail(strict=True, reason="aiohttp's parser refuses the method 'patch' (400)")
-async def test_lowercase_method_reaches_the_proxy(
+async def test_lowercase_method_is_refused_by_the_listener_and_explain_says_so(
     make_proxy: ProxyFactory, upstream: Upstream
 ) -> None:
+    """aiohttp's HTTP parser answers 400 to `patch` (browsers send it as written) before the
+    proxy runs, whatever the rules say (SPEC 3.4 makes methods case-sensitive). `explain`
+    models that, so the two agree; the fix it gives is to send `PATCH`."""
     text = CONFIGS["star-restricted"]
     running = await make_proxy(text, upstream=upstream.url)
     settings, _ = parse_settings(text.format(upstream=upstream.url), "star-restricted.yaml")
@@ -217,8 +199,9 @@ async def test_lowercase_method_reaches_the_proxy(
     host = f"127.0.0.1:{running.port}"
     ex = explain(settings, request, PATH, host)
     live = await probe(f"http://{host}{PATH}", request)
-    assert ex.allowed is True
-    assert live.allowed is True, live.reason
+    assert ex.allowed is False and live.allowed is False
+    assert "HTTP parser refuses the method 'patch'" in ex.reason
+    assert any("'PATCH'" in fix for fix in ex.fixes)
 
 
 def test_the_matrix_has_both_verdicts() -> None:

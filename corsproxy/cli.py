@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from corsproxy import __version__
+from corsproxy import __version__, browser
+from corsproxy import headers as h
 from corsproxy.config import (
     ConfigInvalid,
     Diagnostic,
@@ -20,6 +21,7 @@ from corsproxy.config import (
     load_settings,
     settings_from_flags,
 )
+from corsproxy.origins import NULL_ORIGIN, split_origin
 from corsproxy.policy import Settings
 from corsproxy.reload import ConfigSource
 
@@ -311,10 +313,10 @@ def add_explain_parser(commands: argparse._SubParsersAction[Parser]) -> None:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from corsproxy.explain import ArgumentError, build_request, explain, format_text, to_json
+    from corsproxy.explain import explain, format_text, to_json
 
     try:
-        request = build_request(args.origin, args.method, args.headers, args.credentials)
+        request = browser_request(args.origin, args.method, args.headers, args.credentials)
         if not args.path.startswith("/"):
             raise ArgumentError(f"--path {args.path!r} must start with '/'")
         if args.host is not None and not valid_host(args.host):
@@ -395,17 +397,61 @@ def add_probe_parser(commands: argparse._SubParsersAction[Parser]) -> None:
 
 
 def run_probe(args: argparse.Namespace) -> int:
-    from corsproxy.probe import ArgumentError, ProbeError, build_request, probe
+    from corsproxy.probe import ProbeError, probe
     from corsproxy.probe import format_text as probe_text
     from corsproxy.probe import to_json as probe_json
 
     try:
         if not args.timeout > 0:
             raise ArgumentError(f"--timeout {args.timeout:g} must be more than 0")
-        request = build_request(args.origin, args.method, args.headers, args.credentials)
+        request = browser_request(args.origin, args.method, args.headers, args.credentials)
         result = asyncio.run(probe(args.url, request, args.timeout))
     except (ArgumentError, ProbeError) as exc:
         print(f"corsproxy probe: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
     print(probe_json(result) if args.json else probe_text(result))
     return EXIT_OK if result.allowed else 1
+
+
+class ArgumentError(ValueError):
+    """A command-line value that cannot describe a browser request."""
+
+
+def browser_request(
+    origin: str, method: str, header_args: Sequence[str], credentials: bool
+) -> browser.Request:
+    """A browser.Request from ``--origin``, ``--method``, ``--header 'Name: value'``.
+
+    The origin is serialised as a browser sends it (lowercase, no default port). A bare
+    ``--header NAME`` is sent with an empty value. Raises ArgumentError.
+    """
+    if not h.is_token(method):
+        raise ArgumentError(f"--method {method!r} is not an HTTP method name (a token)")
+    pairs: list[tuple[str, str]] = []
+    for arg in header_args:
+        name, _, value = arg.partition(":")
+        name, value = name.strip(), value.strip()
+        if not h.is_token(name):
+            raise ArgumentError(f"--header {arg!r}: expected 'Name: value' or a header name")
+        if any(c in value for c in "\r\n\x00"):
+            raise ArgumentError(f"--header {arg!r}: the value has a line break or NUL")
+        pairs.append((name, value))
+    return browser.Request(serialise_origin(origin), method, tuple(pairs), credentials)
+
+
+def serialise_origin(origin: str) -> str:
+    if origin == NULL_ORIGIN:
+        return origin
+    lowered = origin.strip()
+    scheme, sep, rest = lowered.partition("://")
+    parsed = split_origin(scheme.lower() + sep + rest) if sep else None
+    if parsed is None:
+        hint = ""
+        if sep and ("/" in rest or "?" in rest or "#" in rest):
+            hint = " (an origin has no path, not even a trailing '/')"
+        raise ArgumentError(
+            f"--origin {origin!r} is not an origin: expected scheme://host[:port] "
+            f"with scheme http or https, or null{hint}"
+        )
+    port = "" if parsed.port is None else f":{parsed.port}"
+    return f"{parsed.scheme}://{parsed.host}{port}"

@@ -30,7 +30,7 @@ from corsproxy.cors import (
     header_allowed,
     method_allowed,
 )
-from corsproxy.origins import DEFAULT_PORTS, NULL_ORIGIN, routing_host, split_origin
+from corsproxy.origins import DEFAULT_PORTS, NULL_ORIGIN, routing_host
 from corsproxy.paths import PathError, parse_target
 from corsproxy.policy import Policy, Route, Settings
 
@@ -63,10 +63,6 @@ SAFELISTED_RESPONSE_NAMES = (
 NO_FIX_FOR_PATH = (
     "no config change helps: the proxy refuses this path for every client; fix the path"
 )
-
-
-class ArgumentError(ValueError):
-    """A command-line value that cannot describe a browser request."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,46 +112,6 @@ class Explanation:
 
 
 # --- building the request from command-line values ---------------------------------
-
-
-def build_request(
-    origin: str, method: str, header_args: Sequence[str], credentials: bool
-) -> browser.Request:
-    """A browser.Request from ``--origin``, ``--method``, ``--header 'Name: value'``.
-
-    The origin is serialised as a browser sends it (lowercase, no default port). A bare
-    ``--header NAME`` is sent with an empty value. Raises ArgumentError.
-    """
-    if not h.is_token(method):
-        raise ArgumentError(f"--method {method!r} is not an HTTP method name (a token)")
-    pairs: list[tuple[str, str]] = []
-    for arg in header_args:
-        name, _, value = arg.partition(":")
-        name, value = name.strip(), value.strip()
-        if not h.is_token(name):
-            raise ArgumentError(f"--header {arg!r}: expected 'Name: value' or a header name")
-        if any(c in value for c in "\r\n\x00"):
-            raise ArgumentError(f"--header {arg!r}: the value has a line break or NUL")
-        pairs.append((name, value))
-    return browser.Request(serialise_origin(origin), method, tuple(pairs), credentials)
-
-
-def serialise_origin(origin: str) -> str:
-    if origin == NULL_ORIGIN:
-        return origin
-    lowered = origin.strip()
-    scheme, sep, rest = lowered.partition("://")
-    parsed = split_origin(scheme.lower() + sep + rest) if sep else None
-    if parsed is None:
-        hint = ""
-        if sep and ("/" in rest or "?" in rest or "#" in rest):
-            hint = " (an origin has no path, not even a trailing '/')"
-        raise ArgumentError(
-            f"--origin {origin!r} is not an origin: expected scheme://host[:port] "
-            f"with scheme http or https, or null{hint}"
-        )
-    port = "" if parsed.port is None else f":{parsed.port}"
-    return f"{parsed.scheme}://{parsed.host}{port}"
 
 
 # --- the explanation ---------------------------------------------------------------

@@ -23,7 +23,6 @@ from yarl import URL
 
 from corsproxy import __version__, browser
 from corsproxy import headers as h
-from corsproxy.origins import split_origin
 
 Headers = tuple[tuple[str, str], ...]
 Exchange = tuple[str, int, Headers]  # (method sent, response status, response headers)
@@ -302,42 +301,3 @@ def to_json(result: ProbeResult) -> str:
 def run_probe(url: str, request: browser.Request, timeout: float = 10.0) -> ProbeResult:
     """Synchronous wrapper for the command line."""
     return asyncio.run(probe(url, request, timeout))
-
-
-class ArgumentError(ValueError):
-    """A command-line value fetch() itself would refuse, or that names no request."""
-
-
-def build_request(
-    origin: str, method: str, header_args: list[str], credentials: bool
-) -> browser.Request:
-    """A browser.Request from ``--origin``, ``--method`` and ``--header 'Name: value'``
-    (a bare ``Name``, as SPEC 2 writes it, is sent with an empty value, like ``explain``).
-
-    The origin is serialised as a browser sends it (lowercase, no default port)."""
-    if not h.is_token(method):
-        raise ArgumentError(f"--method {method!r} is not an HTTP method name (a token)")
-    pairs = []
-    for arg in header_args:
-        name, _, value = arg.partition(":")
-        name, value = name.strip(), value.strip()
-        if not h.is_token(name):
-            raise ArgumentError(f"--header {arg!r}: expected 'Name' or 'Name: value'")
-        if any(c in value for c in "\r\n\x00"):
-            raise ArgumentError(f"--header {arg!r}: the value has a line break or NUL")
-        pairs.append((name, value))
-    return browser.Request(serialise_origin(origin), method, tuple(pairs), credentials)
-
-
-def serialise_origin(origin: str) -> str:
-    if origin == "null":
-        return origin
-    scheme, sep, rest = origin.partition("://")
-    parsed = split_origin(scheme.lower() + sep + rest) if sep else None
-    if parsed is None:
-        raise ArgumentError(
-            f"--origin {origin!r} is not an origin: give scheme://host[:port] "
-            "(http or https, no path) or null"
-        )
-    port = f":{parsed.port}" if parsed.port is not None else ""
-    return f"{parsed.scheme}://{parsed.host}{port}"

@@ -350,6 +350,9 @@ class Validator:
     def __init__(self, base_dir: str) -> None:
         self.base_dir = base_dir
         self.diagnostics: list[Diagnostic] = []
+        # Keyed by id() of origin-entry tuples, which live as long as the validation does.
+        self.matchers: dict[int, OriginMatcher] = {}
+        self.checked_origins: set[tuple[int, int | None]] = set()
 
     # reporting
     def error(self, node: Node, path: str, message: str) -> None:
@@ -797,8 +800,13 @@ class Validator:
 
         entries: tuple[OriginEntry, ...] = pick("allow_origins") or ()
         credentials = bool(pick("allow_credentials"))
-        if credentials:
-            cred = source("allow_credentials")
+        # Routes that inherit one origin list share its entries: check and compile it once,
+        # so loading costs routes + origins, not routes x origins.
+        cred = source("allow_credentials")
+        seen = (id(entries), id(cred[1]) if credentials and cred else None)
+        first_time = seen not in self.checked_origins
+        self.checked_origins.add(seen)
+        if credentials and first_time:
             cred_at = f" (set at {cred[2]})" if cred else ""
             for entry in entries:
                 if entry.kind == "any":
@@ -820,12 +828,14 @@ class Validator:
             message = private_network_warning(entries)
             if pn is not None and message:
                 self.warn(pn[1], pn[2], message)
-        matcher = OriginMatcher(
-            exact=frozenset(e.value for e in entries if e.kind == "exact"),
-            patterns=tuple(e.value for e in entries if e.kind == "pattern"),
-            regexes=tuple(e.value for e in entries if e.kind == "regex"),
-            any_origin=any(e.kind == "any" for e in entries),
-        )
+        matcher = self.matchers.get(id(entries))
+        if matcher is None:
+            matcher = self.matchers[id(entries)] = OriginMatcher(
+                exact=frozenset(e.value for e in entries if e.kind == "exact"),
+                patterns=tuple(e.value for e in entries if e.kind == "pattern"),
+                regexes=tuple(e.value for e in entries if e.kind == "regex"),
+                any_origin=any(e.kind == "any" for e in entries),
+            )
         return compile_policy(
             origins=matcher,
             methods=tuple(pick("allow_methods")),

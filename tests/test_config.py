@@ -494,3 +494,17 @@ def test_pure_modules_import_no_io() -> None:
             if isinstance(node, ast.ImportFrom)
         }
         assert not imported & {"aiohttp", "yaml", "asyncio", "multidict", "yarl"}, name
+
+
+def test_routes_inheriting_origins_share_one_compiled_matcher() -> None:
+    """An origin list is compiled once, however many routes inherit it (load cost is
+    routes + origins, not routes x origins)."""
+    origins = "\n".join(f"    - https://o{i}.example.com" for i in range(50))
+    routes = "\n".join(f"  - path: /r{i}/**" for i in range(20))
+    settings, _ = load(
+        f"upstream: http://a\ndefaults:\n  allow_origins:\n{origins}\nroutes:\n{routes}\n"
+    )
+    matchers = {id(route.policy.origins) for route in settings.table.routes if route.policy}
+    assert len(matchers) == 1
+    assert settings.table.fallback.policy is not None
+    assert id(settings.table.fallback.policy.origins) in matchers

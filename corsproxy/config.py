@@ -350,9 +350,10 @@ class Validator:
     def __init__(self, base_dir: str) -> None:
         self.base_dir = base_dir
         self.diagnostics: list[Diagnostic] = []
-        # Keyed by id() of origin-entry tuples, which live as long as the validation does.
-        self.matchers: dict[int, OriginMatcher] = {}
-        self.checked_origins: set[tuple[int, int | None]] = set()
+        # Keyed by id() of origin-entry tuples; each value holds its tuple, so the tuple
+        # outlives the validation and its id cannot be reused by another list.
+        self.matchers: dict[int, tuple[tuple[OriginEntry, ...], OriginMatcher]] = {}
+        self.checked_origins: dict[tuple[int, int | None], object] = {}
 
     # reporting
     def error(self, node: Node, path: str, message: str) -> None:
@@ -805,7 +806,7 @@ class Validator:
         cred = source("allow_credentials")
         seen = (id(entries), id(cred[1]) if credentials and cred else None)
         first_time = seen not in self.checked_origins
-        self.checked_origins.add(seen)
+        self.checked_origins[seen] = (entries, cred)  # holds them, so no id is reused
         if credentials and first_time:
             cred_at = f" (set at {cred[2]})" if cred else ""
             for entry in entries:
@@ -828,14 +829,17 @@ class Validator:
             message = private_network_warning(entries)
             if pn is not None and message:
                 self.warn(pn[1], pn[2], message)
-        matcher = self.matchers.get(id(entries))
-        if matcher is None:
-            matcher = self.matchers[id(entries)] = OriginMatcher(
+        cached = self.matchers.get(id(entries))
+        if cached is not None and cached[0] is entries:
+            matcher = cached[1]
+        else:
+            matcher = OriginMatcher(
                 exact=frozenset(e.value for e in entries if e.kind == "exact"),
                 patterns=tuple(e.value for e in entries if e.kind == "pattern"),
                 regexes=tuple(e.value for e in entries if e.kind == "regex"),
                 any_origin=any(e.kind == "any" for e in entries),
             )
+            self.matchers[id(entries)] = (entries, matcher)
         return compile_policy(
             origins=matcher,
             methods=tuple(pick("allow_methods")),

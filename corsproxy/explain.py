@@ -30,7 +30,7 @@ from corsproxy.cors import (
     header_allowed,
     method_allowed,
 )
-from corsproxy.origins import DEFAULT_PORTS, NULL_ORIGIN, routing_host
+from corsproxy.origins import NULL_ORIGIN, addressed_origin, routing_host
 from corsproxy.paths import PathError, parse_target
 from corsproxy.policy import Policy, Route, Settings
 
@@ -351,15 +351,6 @@ LISTENER_METHODS = frozenset(
         "UNSUBSCRIBE",
     ]
 )
-
-
-def addressed_origin(scheme: str, host: str) -> str:
-    """SPEC 4.1, as the proxy computes it: the Host lowercased, a default port dropped."""
-    host = host.lower()
-    default = f":{DEFAULT_PORTS[scheme]}"
-    if host.endswith(default):
-        host = host[: -len(default)]
-    return f"{scheme}://{host}"
 
 
 def route_index(settings: Settings, route: Route) -> int | None:

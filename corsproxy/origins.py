@@ -75,6 +75,17 @@ def split_authority(authority: str) -> tuple[str, str | None] | None:
     return host, (port if colon else None)
 
 
+def addressed_origin(scheme: str, host: str) -> str:
+    """The origin a request was addressed to (SPEC 4.1): ``scheme://host[:port]`` with the
+    host lowercased and the scheme's default port dropped. The proxy and ``explain`` both
+    tell same-origin requests by it, so they cannot disagree."""
+    host = host.lower()
+    default = DEFAULT_PORTS.get(scheme)
+    if default is not None and host.endswith(f":{default}"):
+        host = host[: -len(f":{default}")]
+    return f"{scheme}://{host}"
+
+
 def routing_host(host_header: str) -> str:
     """A Host as routes compare it: lowercase, no port, and no trailing dot
     (``api.example.com.`` names the same host and must not dodge a ``host:`` route)."""

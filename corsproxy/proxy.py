@@ -20,6 +20,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from corsproxy import headers as h
+from corsproxy import origins
 from corsproxy.cors import (
     PASSTHROUGH,
     Action,
@@ -43,7 +44,6 @@ NOT_FOUND = 404
 BAD_REQUEST = 400
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _NEVER_FORWARDED = h.HOP_BY_HOP | {"host", "expect"}
-_DEFAULT_PORT_SUFFIX = {"http": ":80", "https": ":443"}
 
 
 @functools.lru_cache(maxsize=16)
@@ -383,11 +383,7 @@ def addressed_origin(request: web.BaseRequest, settings: Settings) -> str:
         forwarded_host = request.headers.get(h.X_FORWARDED_HOST)
         if forwarded_host:
             host = forwarded_host.split(",")[0].strip()
-    host = host.lower()
-    default = _DEFAULT_PORT_SUFFIX.get(scheme)
-    if default and host.endswith(default):
-        host = host[: -len(default)]
-    return f"{scheme}://{host}"
+    return origins.addressed_origin(scheme, host)
 
 
 def is_websocket(request: web.BaseRequest) -> bool:

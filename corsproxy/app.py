@@ -9,24 +9,21 @@ import signal
 import ssl
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from time import perf_counter
 from typing import Any, TypeVar
 
-import aiohttp
-from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 
-from corsproxy import accesslog
 from corsproxy.admin import AdminView, start_admin
+from corsproxy.listener import Listener
 from corsproxy.metrics import ReloadMetrics, RequestMetrics, exposition
 from corsproxy.policy import Settings
-from corsproxy.proxy import OUTCOME, READ_CHUNK, Proxy
+from corsproxy.proxy import Proxy
 from corsproxy.reload import ConfigSource, Reloader
+from corsproxy.upstream import UpstreamPool
+from corsproxy.websocket import WebSocketProxy, make_session
 
 log = logging.getLogger("corsproxy")
 T = TypeVar("T")
-access_log = logging.getLogger("corsproxy.access")
 
 
 class MalformedRequestFilter(logging.Filter):
@@ -44,24 +41,6 @@ class MalformedRequestFilter(logging.Filter):
 
 
 logging.getLogger("aiohttp.server").addFilter(MalformedRequestFilter())
-
-
-def make_session(settings: Settings) -> aiohttp.ClientSession:
-    """One pooled session for every upstream. It keeps no cookies (they belong to the
-    clients), adds none of its own headers, and never decompresses what it relays."""
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=settings.timeouts.idle)
-    session = aiohttp.ClientSession(
-        connector=connector,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        auto_decompress=False,
-        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-        read_bufsize=READ_CHUNK,
-        timeout=aiohttp.ClientTimeout(total=None),
-    )
-    # aiohttp resends an idempotent request on a stale pooled connection, body and all;
-    # a streamed body cannot be rewound, so the proxy decides retries itself (Proxy.send).
-    session._retry_connection = False
-    return session
 
 
 class TLSError(Exception):
@@ -107,8 +86,8 @@ class Running:
     """A started proxy: its address, its handler (reloads swap its settings), how to stop it."""
 
     proxy: Proxy
-    runner: web.ServerRunner
-    session: aiohttp.ClientSession
+    listener: Listener
+    websockets: WebSocketProxy
     metrics: RequestMetrics
     host: str
     port: int
@@ -122,63 +101,15 @@ class Running:
     def apply(self, settings: Settings) -> None:
         """Swap in reloaded rules and timeouts; requests in flight keep the old ones."""
         self.proxy.settings = settings
-        # aiohttp reads these two when a connection starts and when the runner stops; they
-        # have no public setter, so a reload updates the values it will read next.
-        self.runner._shutdown_timeout = settings.timeouts.shutdown
-        server = self.runner.server
-        if server is not None and isinstance(getattr(server, "_kwargs", None), dict):
-            server._kwargs["keepalive_timeout"] = settings.timeouts.idle
+        self.listener.idle = settings.timeouts.idle
+        self.proxy.pool.idle = settings.timeouts.idle
 
     async def stop(self) -> None:
         """Stop accepting, let requests in flight finish (timeouts.shutdown), close the pool."""
-        await self.runner.cleanup()
-        await self.session.close()
-
-
-def access_logger_for(proxy: Proxy, metrics: RequestMetrics) -> type[AbstractAccessLogger]:
-    """aiohttp calls an access logger once the response is sent, so sizes and durations are
-    final: the one place that sees every finished request logs it and counts it."""
-
-    class AccessLogger(AbstractAccessLogger):
-        @property
-        def enabled(self) -> bool:
-            return True
-
-        def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-            outcome = request.get(OUTCOME)
-            if outcome is None:  # refused by the HTTP parser before the handler ran
-                return
-            decision = outcome.decision
-            seconds = perf_counter() - outcome.started  # aiohttp's `time` is in whole ms
-            metrics.observe(
-                outcome.route,
-                decision.kind.value,
-                decision.verdict.value,
-                outcome.upstream_error,
-                seconds,
-            )
-            style = proxy.settings.access_log
-            if style == "off":
-                return
-            accesslog.write(
-                accesslog.record(
-                    client=request.remote,
-                    method=request.method,
-                    path=request.raw_path,
-                    status=response.status,
-                    duration=seconds,
-                    route=outcome.route,
-                    origin=decision.origin or request.headers.get("Origin"),
-                    kind=decision.kind.value,
-                    decision=decision.verdict.value,
-                    reason=decision.reason or outcome.note,
-                    upstream_status=outcome.upstream_status,
-                    size=response.body_length,
-                ),
-                style,
-            )
-
-    return AccessLogger
+        timeout = self.proxy.settings.timeouts.shutdown
+        await self.listener.close(timeout)
+        await self.websockets.shutdown(timeout)
+        self.proxy.pool.close()
 
 
 async def start(
@@ -187,36 +118,25 @@ async def start(
     """Start listening. Port 0 picks a free port; ``Running.port`` tells which."""
     metrics = metrics if metrics is not None else RequestMetrics()
     ssl_context = make_ssl_context(settings)  # before anything needs closing
-    session = make_session(settings)
-    proxy = Proxy(settings, session)
-    server = web.Server(
-        proxy.handle,
-        access_log=access_log,
-        access_log_class=access_logger_for(proxy, metrics),
-        keepalive_timeout=settings.timeouts.idle,
-        read_bufsize=READ_CHUNK,
-        # A client that hangs up cancels its handler, which releases the upstream request
-        # at once instead of holding it until timeouts.read.
-        handler_cancellation=True,
-    )
-    runner = web.ServerRunner(server, shutdown_timeout=settings.timeouts.shutdown)
-    await runner.setup()
-    site = web.TCPSite(
-        runner,
-        settings.listen_host,
-        settings.listen_port,
-        ssl_context=ssl_context,
-        reuse_address=True,
-        reuse_port=reuse_port or None,
-    )
+    pool = UpstreamPool(settings.timeouts.idle)
+    proxy = Proxy(settings, pool, metrics)
+    websockets = WebSocketProxy(proxy, make_session())
+    proxy.hand_off = websockets.take
+    listener = Listener(proxy.handle, proxy.finished, proxy.malformed, settings.timeouts.idle)
+    listener.sweepers.append(pool.sweep)
     try:
-        await site.start()
+        port = await listener.start(
+            settings.listen_host,
+            settings.listen_port,
+            ssl=ssl_context,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+        )
     except BaseException:
-        await runner.cleanup()
-        await session.close()
+        await listener.close(0)
+        await websockets.shutdown(0)
         raise
-    port = runner.addresses[0][1] if runner.addresses else settings.listen_port
-    return Running(proxy, runner, session, metrics, settings.listen_host, port)
+    return Running(proxy, listener, websockets, metrics, settings.listen_host, port)
 
 
 def stop_on_signals(*signals: signal.Signals) -> asyncio.Event:

@@ -1,26 +1,24 @@
-"""The HTTP layer: reads the request, asks the engine, answers or forwards (SPEC 4, 5).
+"""The HTTP layer: reads a request, asks the engine, answers or forwards (SPEC 4, 5).
 
-All I/O lives here. The CORS decision is made before anything is forwarded and applied to
-the response head before ``prepare()``; bodies stream through in bounded memory.
+All I/O lives here and in the two connection modules under it (``listener`` for clients,
+``upstream`` for upstreams). The CORS decision is made before anything is forwarded and
+applied to the response head before it is written; bodies stream through in bounded memory.
+Headers stay the bytes they arrived as: the proxy filters them and appends its own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
+import base64
+import binascii
 import logging
-import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import partial
+from time import perf_counter
 
-import aiohttp
-from aiohttp import WSMsgType, web
-from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
-
+from corsproxy import accesslog, origins
 from corsproxy import headers as h
-from corsproxy import origins
 from corsproxy.cors import (
     PASSTHROUGH,
     Action,
@@ -30,27 +28,45 @@ from corsproxy.cors import (
     decide,
     expose_value_for,
 )
+from corsproxy.listener import CONTINUE, ClientConnection, IncomingRequest, RawHeaders, date_line
+from corsproxy.metrics import RequestMetrics
 from corsproxy.origins import routing_host
 from corsproxy.paths import PathError, Target, parse_target
 from corsproxy.policy import Settings, Upstream
+from corsproxy.upstream import UpstreamConnection, UpstreamError, UpstreamPool
 
 log = logging.getLogger("corsproxy")
 
-# Large enough that a 1 GiB body moves in few, cheap reads; small enough to bound memory.
-READ_CHUNK = 256 * 1024
 BAD_GATEWAY = 502
 GATEWAY_TIMEOUT = 504
 NOT_FOUND = 404
 BAD_REQUEST = 400
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
-_NEVER_FORWARDED = h.HOP_BY_HOP | {"host", "expect"}
+NO_BODY_STATUSES = frozenset({204, 304})
+
+_HOP_BY_HOP = frozenset(name.encode() for name in h.HOP_BY_HOP)
+_ACCESS_CONTROL = h.ACCESS_CONTROL_PREFIX.encode()
+# Never passed to the upstream as the client sent them: the proxy sets its own.
+_REPLACED = _HOP_BY_HOP | {b"host", b"expect", b"x-forwarded-for"}
+_DROP = {
+    # (keep the client's X-Forwarded-Proto, keep its X-Forwarded-Host) -> names not forwarded
+    (False, False): _REPLACED | {b"x-forwarded-proto", b"x-forwarded-host"},
+    (True, False): _REPLACED | {b"x-forwarded-host"},
+    (False, True): _REPLACED | {b"x-forwarded-proto"},
+    (True, True): _REPLACED,
+}
 
 
-@functools.lru_cache(maxsize=16)
-def client_timeout(connect: float, read: float) -> aiohttp.ClientTimeout:
-    """``read`` bounds each wait for the upstream (the head, then each chunk), not the whole
-    response, so long streams keep flowing (SPEC 4)."""
-    return aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=read)
+@dataclass(slots=True)
+class Outcome:
+    """What one request came to, for logs and metrics."""
+
+    route: str
+    decision: Decision
+    upstream_status: int | None = None
+    upstream_error: str | None = None  # connect | timeout | protocol
+    note: str = ""  # why the proxy answered an error itself, for the log
+    started: float = field(default_factory=perf_counter)
 
 
 class UpstreamFault(Exception):
@@ -63,50 +79,50 @@ class UpstreamFault(Exception):
         self.message = message
 
 
-@dataclass(slots=True)
-class Outcome:
-    """What one request came to, for logs and metrics."""
+@dataclass(frozen=True, slots=True)
+class HandOff:
+    """A WebSocket handshake the engine let through, for the WebSocket proxy to carry on."""
 
-    route: str
-    decision: Decision
-    upstream_status: int | None = None
-    upstream_error: str | None = None  # connect | timeout | protocol
-    note: str = ""  # why the proxy answered an error itself, for the log
-    # uvloop's clock, which aiohttp's access logger uses, moves in whole milliseconds:
-    # too coarse for local answers, so the request is timed here.
-    started: float = field(default_factory=time.perf_counter)
+    outcome: Outcome
+    url: str  # ws:// or wss:// on the upstream
+    headers: list[tuple[str, str]]  # to send the upstream, handshake headers left out
+    protocols: list[str]  # subprotocols the client offered
+    settings: Settings
 
 
-OUTCOME = web.RequestKey("outcome", Outcome)
-AnyWebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
-
-
-class RelayedResponse(web.StreamResponse):
-    """A response whose head is the upstream's. aiohttp gives every non-empty body a
-    ``Content-Type: application/octet-stream`` by default; a relayed answer keeps only
-    the upstream's, so a response without one stays without one (browsers then sniff)."""
-
-    async def _prepare_headers(self) -> None:
-        had_type = h.CONTENT_TYPE in self.headers
-        await super()._prepare_headers()
-        if not had_type:
-            self.headers.popall(h.CONTENT_TYPE, None)
+def hand_off_for(
+    request: IncomingRequest, peer: str, upstream: Upstream, target: Target, settings: Settings
+) -> HandOff:
+    scheme = "wss" if upstream.url.startswith("https") else "ws"
+    url = scheme + upstream.target(target.path_qs)[upstream.url.index(":") :]
+    headers = [
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, value in forwarded_headers(request, peer, upstream, settings)
+        if name.lower().decode("latin-1") not in h.WEBSOCKET_HANDSHAKE
+    ]
+    protocols = h.split_list(request.header(b"sec-websocket-protocol") or "")
+    assert isinstance(request.state, Outcome)
+    return HandOff(request.state, url, headers, protocols, settings)
 
 
 class Proxy:
     """The request handler. ``settings`` is swapped whole on reload; each request reads it once."""
 
-    def __init__(self, settings: Settings, session: aiohttp.ClientSession) -> None:
+    def __init__(self, settings: Settings, pool: UpstreamPool, metrics: RequestMetrics) -> None:
         self.settings = settings
-        self.session = session
+        self.pool = pool
+        self.metrics = metrics
+        # Set by the wiring: takes a WebSocket handshake's connection (see websocket.py).
+        self.hand_off: Callable[[IncomingRequest, ClientConnection, HandOff], None] | None = None
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    def handle(self, request: IncomingRequest, conn: ClientConnection) -> None:
+        """Called once per request, in order, when its head has arrived."""
         settings = self.settings
-        host = routing_host(request.headers.get(h.HOST, ""))
+        host = routing_host(request.header(b"host") or "")
         target: Target | None = None
         path_error = ""
         try:
-            target = parse_target(request.raw_path)
+            target = parse_target(request.target)
             route = settings.table.match(host, target.path)
         except PathError as exc:
             route, path_error = settings.table.fallback, str(exc)
@@ -114,337 +130,334 @@ class Proxy:
         decision = PASSTHROUGH
         if route.policy is not None:
             decision = decide(route.policy, request_facts(request, settings, websocket))
-        request[OUTCOME] = Outcome(route.name, decision)
+        outcome = request.state = Outcome(route.name, decision, started=request.started)
         if target is None:
             # Refused whatever the policy says, preflights included (SPEC 3.1); the
             # decision only tells whether an allowed page may read the 400.
-            request[OUTCOME].note = f"bad request path: {path_error}"
-            return error_response(BAD_REQUEST, request[OUTCOME].note, decision)
+            outcome.note = f"bad request path: {path_error}"
+            return self.error(conn, request, BAD_REQUEST, outcome.note)
         if decision.action is Action.ANSWER:
-            return answer(decision)
+            return self.answer(conn, request, decision)
         upstream = route.upstream
         if upstream is None:
-            request[OUTCOME].note = "no route for this path"
-            return error_response(NOT_FOUND, request[OUTCOME].note, decision)
-        try:
-            if websocket:
-                if request.method != "GET" or not web.WebSocketResponse().can_prepare(request).ok:
-                    request[OUTCOME].note = "malformed WebSocket handshake"
-                    return error_response(BAD_REQUEST, request[OUTCOME].note, decision)
-                return await self.forward_websocket(request, upstream, target, settings)
-            return await self.forward(request, upstream, target, decision, settings)
-        except UpstreamFault as fault:
-            request[OUTCOME].upstream_error = fault.reason or None
-            request[OUTCOME].note = fault.message
-            return error_response(fault.status, fault.message, decision)
+            outcome.note = "no route for this path"
+            return self.error(conn, request, NOT_FOUND, outcome.note)
+        if websocket:
+            if not valid_handshake(request) or self.hand_off is None:
+                outcome.note = "malformed WebSocket handshake"
+                return self.error(conn, request, BAD_REQUEST, outcome.note)
+            return self.hand_off(
+                request, conn, hand_off_for(request, conn.peer, upstream, target, settings)
+            )
+        if request.upgrade and request.has_body:
+            # llhttp stops at an upgrade before the body; served as plain HTTP, it would be lost.
+            outcome.note = "an upgrade request with a body is not supported"
+            return self.error(conn, request, BAD_REQUEST, outcome.note)
+        request.task = asyncio.ensure_future(
+            self.forward(conn, request, upstream, target, decision, settings)
+        )
 
     async def forward(
         self,
-        request: web.BaseRequest,
+        conn: ClientConnection,
+        request: IncomingRequest,
         upstream: Upstream,
         target: Target,
         decision: Decision,
         settings: Settings,
-    ) -> web.StreamResponse:
-        url = URL(upstream.target(target.path_qs), encoded=True)
-        out_headers = upstream_request_headers(request, upstream, settings)
-        has_body = request.body_exists
-        if has_body and request.headers.get(h.EXPECT, "").lower() == "100-continue":
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        timeout = client_timeout(settings.timeouts.connect, settings.timeouts.read)
-        resp = await self.send(request, url, out_headers, has_body, timeout)
-        request[OUTCOME].upstream_status = resp.status
+    ) -> None:
+        outcome: Outcome = request.state
+        head = upstream_request_head(request, conn.peer, upstream, target, settings)
+        up: UpstreamConnection | None = None
         try:
-            response = RelayedResponse(status=resp.status, reason=resp.reason)
-            copy_response_headers(resp.headers, response.headers, decision)
-            await response.prepare(request)
-            if request.method == "HEAD" or await self.stream_body(request, resp, response):
-                await response.write_eof()
-            return response
+            up = await self.send(conn, request, upstream, head, settings)
+            outcome.upstream_status = up.status
+            lines, length_known = relayed_lines(up.headers, decision)
+            has_body = not (request.method == "HEAD" or up.status in NO_BODY_STATUSES)
+            first = up.attach(partial(conn.send, request))
+            conn.start_response(request, up.status, up.reason, lines, length_known, has_body, first)
+            conn.source = up
+            if conn.write_paused:
+                up.pause_reading()
+            if not up.complete:
+                assert up.done is not None
+                await up.done
+            conn.end_response(request)
+        except UpstreamError as exc:
+            outcome.upstream_error = exc.reason
+            if request.head_sent:
+                # Too late for a 502: cut the client's connection, so a truncated body is
+                # never mistaken for a whole one.
+                outcome.note = "upstream failed mid-body"
+                conn.abort(request)
+            else:
+                outcome.note = exc.message
+                status = GATEWAY_TIMEOUT if exc.reason == "timeout" else BAD_GATEWAY
+                self.error(conn, request, status, exc.message)
+        except asyncio.CancelledError:
+            # The client hung up (or the server is stopping): the upstream request goes too.
+            outcome.note = "client went away" + (" mid-body" if request.head_sent else "")
+            conn.finish(request)
         finally:
-            resp.close()
+            conn.source = None
+            if up is not None:
+                self.pool.release(up)
 
     async def send(
         self,
-        request: web.BaseRequest,
-        url: URL,
-        headers: CIMultiDict[str],
-        has_body: bool,
-        timeout: aiohttp.ClientTimeout,
-    ) -> aiohttp.ClientResponse:
-        # A pooled connection the upstream has just closed fails before any answer. Only a
-        # bodiless idempotent request is sent again (RFC 9110 9.2.2): a POST is never
-        # replayed, and a streamed body cannot be rewound. aiohttp's own retry is off (see
-        # make_session), because it would resend the unread rest of a streamed body.
-        retry = not has_body and request.method in IDEMPOTENT_METHODS
-        try:
-            while True:
-                try:
-                    return await self.session.request(
-                        request.method,
-                        url,
-                        headers=headers,
-                        data=request.content if has_body else None,
-                        allow_redirects=False,
-                        timeout=timeout,
-                    )
-                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                    if not retry or isinstance(exc, aiohttp.ClientConnectorError):
-                        raise
-                    retry = False
-        except aiohttp.ServerDisconnectedError:
-            raise UpstreamFault(BAD_GATEWAY, "protocol", "upstream closed the connection") from None
-        except (aiohttp.ConnectionTimeoutError, TimeoutError):
-            raise UpstreamFault(
-                GATEWAY_TIMEOUT, "timeout", "upstream did not answer in time"
-            ) from None
-        except (aiohttp.ClientConnectorError, aiohttp.ClientOSError):
-            raise UpstreamFault(BAD_GATEWAY, "connect", "upstream unreachable") from None
-        except aiohttp.ClientError:
-            raise UpstreamFault(
-                BAD_GATEWAY, "protocol", "upstream sent an invalid response"
-            ) from None
+        conn: ClientConnection,
+        request: IncomingRequest,
+        upstream: Upstream,
+        head: bytes,
+        settings: Settings,
+    ) -> UpstreamConnection:
+        """Send the request and wait for the response head.
 
-    async def stream_body(
-        self,
-        request: web.BaseRequest,
-        resp: aiohttp.ClientResponse,
-        response: web.StreamResponse,
-    ) -> bool:
-        """Copy the body chunk by chunk as it arrives (SSE events are flushed one by one).
-
-        False when it stopped short. An upstream failure after the head was sent cannot
-        become a 502: the client connection is cut instead, so a truncated body is never
-        mistaken for a whole one. A client that went away simply ends the copy.
+        A pooled connection the upstream has just closed fails before any answer. Only a
+        bodiless idempotent request is sent again (RFC 9110 9.2.2): a POST is never
+        replayed, and a streamed body cannot be rewound.
         """
+        retry = not request.has_body and request.method in IDEMPOTENT_METHODS
+        timeouts = settings.timeouts
         while True:
+            up = self.pool.take(upstream) or await self.pool.connect(upstream, timeouts.connect)
+            up.begin(
+                head,
+                conn,
+                timeouts.read,
+                head_only=request.method == "HEAD",
+                body=request.has_body,
+                chunked=request.chunked,
+            )
+            if request.has_body:
+                expect = request.header(b"expect")
+                if expect is not None and expect.lower() == "100-continue":
+                    conn.write(CONTINUE)
+                conn.attach_body(request, up.send_body, up.end_body)
             try:
-                chunk = await resp.content.readany()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                reason = "timeout" if isinstance(exc, TimeoutError) else "protocol"
-                request[OUTCOME].upstream_error = reason
-                request[OUTCOME].note = "upstream failed mid-body"
-                if request.transport is not None:
-                    request.transport.close()
-                return False
-            if not chunk:
-                return True
-            try:
-                await response.write(chunk)
-            except ConnectionError:
-                request[OUTCOME].note = "client went away mid-body"
-                return False
-
-    async def forward_websocket(
-        self, request: web.BaseRequest, upstream: Upstream, target: Target, settings: Settings
-    ) -> web.StreamResponse:
-        scheme = "wss" if upstream.url.startswith("https") else "ws"
-        url = URL(scheme + upstream.target(target.path_qs)[upstream.url.index(":") :], encoded=True)
-        out_headers = upstream_request_headers(request, upstream, settings)
-        for name in list(out_headers):
-            if name.lower() in h.WEBSOCKET_HANDSHAKE:
-                del out_headers[name]
-        protocols = h.split_list(request.headers.get(h.SEC_WEBSOCKET_PROTOCOL, ""))
-        # ws_connect applies no ClientTimeout to its handshake request: bound connecting
-        # and waiting for the 101 here, as `forward` does for an ordinary response head.
-        handshake = settings.timeouts.connect + settings.timeouts.read
-        try:
-            async with asyncio.timeout(handshake):
-                upstream_ws = await self.session.ws_connect(
-                    url,
-                    headers=out_headers,
-                    protocols=protocols,
-                    timeout=aiohttp.ClientWSTimeout(
-                        ws_receive=None, ws_close=settings.timeouts.read
-                    ),
-                    autoping=True,
-                )
-        except aiohttp.WSServerHandshakeError as exc:
-            # A refusal such as 401 or 404 is the upstream's answer: pass its status on.
-            # Anything else (a 200, a bad 101) means the upstream speaks no WebSocket here.
-            refused = 400 <= exc.status < 600
-            request[OUTCOME].upstream_status = exc.status
-            raise UpstreamFault(
-                exc.status if refused else BAD_GATEWAY,
-                "" if refused else "protocol",
-                f"upstream refused the WebSocket upgrade ({exc.status})",
-            ) from None
-        except (aiohttp.ClientConnectorError, aiohttp.ClientOSError):
-            raise UpstreamFault(BAD_GATEWAY, "connect", "upstream unreachable") from None
-        except (aiohttp.ServerTimeoutError, TimeoutError):
-            raise UpstreamFault(
-                GATEWAY_TIMEOUT, "timeout", "upstream did not answer in time"
-            ) from None
-        except aiohttp.ClientError:
-            raise UpstreamFault(BAD_GATEWAY, "protocol", "upstream WebSocket failed") from None
-        request[OUTCOME].upstream_status = 101
-        client_ws = web.WebSocketResponse(
-            protocols=(upstream_ws.protocol,) if upstream_ws.protocol else ()
-        )
-        try:
-            await client_ws.prepare(request)
-            relaying = asyncio.ensure_future(relay(client_ws, upstream_ws))
-            try:
-                await asyncio.shield(relaying)
-            except asyncio.CancelledError:
-                # The client's connection is gone (handler cancellation): let the relay
-                # pass the client's close code on to the upstream before giving up.
-                await asyncio.wait({relaying}, timeout=settings.timeouts.read)
-                relaying.cancel()
+                assert up.head is not None
+                await up.head
+                return up
+            except UpstreamError as exc:
+                up.close()
+                if not (exc.stale and retry):
+                    raise
+                retry = False
+            except BaseException:
+                up.close()
                 raise
-        finally:
-            await upstream_ws.close()
-        return client_ws
+
+    def answer(self, conn: ClientConnection, request: IncomingRequest, decision: Decision) -> None:
+        """The proxy's own answer: a preflight, a 403 refusal, or a 400 for several Origins."""
+        pairs, body = answer_parts(decision)
+        conn.answer(request, decision.status, encode(pairs), body)
+
+    def error(
+        self, conn: ClientConnection, request: IncomingRequest, status: int, message: str
+    ) -> None:
+        pairs, body = error_parts(message, request.state.decision)
+        conn.answer(request, status, encode(pairs), body)
+
+    def finished(self, request: IncomingRequest, conn: ClientConnection) -> None:
+        outcome: Outcome | None = request.state
+        if outcome is not None:
+            self.record(
+                outcome,
+                conn.peer,
+                request.method,
+                request.target,
+                request.status,
+                request.sent,
+                request.header(b"origin"),
+            )
+
+    def record(
+        self,
+        outcome: Outcome,
+        client: str | None,
+        method: str,
+        path: str,
+        status: int,
+        size: int,
+        origin: str | None,
+    ) -> None:
+        """Count a finished request and write its access-log line."""
+        decision = outcome.decision
+        seconds = perf_counter() - outcome.started
+        self.metrics.observe(
+            outcome.route,
+            decision.kind.value,
+            decision.verdict.value,
+            outcome.upstream_error,
+            seconds,
+        )
+        style = self.settings.access_log
+        if style == "off":
+            return
+        accesslog.write(
+            accesslog.record(
+                client=client,
+                method=method,
+                path=path,
+                status=status,
+                duration=seconds,
+                route=outcome.route,
+                origin=decision.origin or origin,
+                kind=decision.kind.value,
+                decision=decision.verdict.value,
+                reason=decision.reason or outcome.note,
+                upstream_status=outcome.upstream_status,
+                size=size,
+            ),
+            style,
+        )
+
+    def malformed(self, conn: ClientConnection, exc: Exception) -> None:
+        log.info("malformed request from %s: %s", conn.peer or "?", exc)
 
 
-async def relay(client: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse) -> None:
-    """Pump messages both ways until either side closes, then close the other with its code.
-
-    The other direction is stopped *before* its peer is sent the Close frame: aiohttp's
-    ``close()`` called while another task sits in ``receive()`` drops the connection at once
-    instead of waiting for the peer's Close, which the peer sees as an unclean close (1006).
-    """
-
-    async def pump(src: AnyWebSocket, dst: AnyWebSocket) -> aiohttp.WSMessage:
-        while True:
-            msg = await src.receive()
-            if msg.type is WSMsgType.TEXT:
-                await dst.send_str(msg.data)
-            elif msg.type is WSMsgType.BINARY:
-                await dst.send_bytes(msg.data)
-            else:  # CLOSE, CLOSING, CLOSED, ERROR
-                return msg
-
-    to_upstream = asyncio.ensure_future(pump(client, upstream))
-    to_client = asyncio.ensure_future(pump(upstream, client))
-    tasks = (to_upstream, to_client)
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            if task not in done:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        ended = to_client if to_client in done else to_upstream
-        src, dst = (upstream, client) if ended is to_client else (client, upstream)
-        msg = None if ended.cancelled() or ended.exception() else ended.result()
-        for ws in (dst, src):  # src is still open only when relaying to dst failed
-            if not ws.closed:
-                code, reason = relayed_close(msg, to_client=ws is client)
-                with contextlib.suppress(Exception):
-                    await ws.close(code=code, message=reason)
-    finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
-
-def relayed_close(msg: aiohttp.WSMessage | None, to_client: bool) -> tuple[int, bytes]:
-    """The code and reason to pass on: the peer's own when it sent a Close frame (an empty
-    one counts as 1000); when it vanished without one or failed, 1011 to a client whose
-    upstream was lost, 1001 to an upstream whose client went away (1006 is never sent)."""
-    if msg is not None and msg.type is WSMsgType.CLOSE:
-        reason = (msg.extra or "").encode()
-        if len(reason) > 123:  # the most a Close frame holds; never split a character
-            reason = reason[:123].decode("utf-8", "ignore").encode()
-        return msg.data or aiohttp.WSCloseCode.OK, reason
-    if to_client:
-        return aiohttp.WSCloseCode.INTERNAL_ERROR, b"upstream connection lost"
-    return aiohttp.WSCloseCode.GOING_AWAY, b""
-
-
-def request_facts(request: web.BaseRequest, settings: Settings, websocket: bool) -> RequestFacts:
-    headers = request.headers
-    origins = tuple(headers.getall(h.ORIGIN, ()))
-    if not origins:
-        return RequestFacts(request.method, origins, "", websocket=websocket)
-    request_headers = headers.getall(h.AC_REQUEST_HEADERS, None)
+def request_facts(request: IncomingRequest, settings: Settings, websocket: bool) -> RequestFacts:
+    fields = request.fields
+    raw_origins = fields.get(b"origin")
+    if not raw_origins:
+        return RequestFacts(request.method, (), "", websocket=websocket)
+    request_headers = fields.get(b"access-control-request-headers")
+    private = request.header(b"access-control-request-private-network")
     return RequestFacts(
         method=request.method,
-        origins=origins,
+        origins=tuple(v.decode("latin-1") for v in raw_origins),
         addressed_origin=addressed_origin(request, settings),
-        request_method=headers.get(h.AC_REQUEST_METHOD),
-        request_headers=",".join(request_headers) if request_headers else None,
-        request_private_network=headers.get(h.AC_REQUEST_PRIVATE_NETWORK, "").lower() == "true",
+        request_method=request.header(b"access-control-request-method"),
+        request_headers=b",".join(request_headers).decode("latin-1") if request_headers else None,
+        request_private_network=private is not None and private.lower() == "true",
         websocket=websocket,
     )
 
 
-def addressed_origin(request: web.BaseRequest, settings: Settings) -> str:
+def addressed_origin(request: IncomingRequest, settings: Settings) -> str:
     """``scheme://host[:port]`` the client addressed, to tell same-origin requests (SPEC 4.1)."""
     scheme = "https" if settings.tls is not None else "http"
-    host = request.headers.get(h.HOST, "")
+    host = request.header(b"host") or ""
     if settings.trust_forwarded:
-        proto = request.headers.get(h.X_FORWARDED_PROTO)
+        proto = request.header(b"x-forwarded-proto")
         if proto:
             scheme = proto.split(",")[0].strip().lower()
-        forwarded_host = request.headers.get(h.X_FORWARDED_HOST)
+        forwarded_host = request.header(b"x-forwarded-host")
         if forwarded_host:
             host = forwarded_host.split(",")[0].strip()
     return origins.addressed_origin(scheme, host)
 
 
-def is_websocket(request: web.BaseRequest) -> bool:
-    if request.headers.get(h.UPGRADE, "").lower() != "websocket":
+def is_websocket(request: IncomingRequest) -> bool:
+    upgrade = request.header(b"upgrade")
+    if upgrade is None or upgrade.lower() != "websocket":
         return False
-    return "upgrade" in h.connection_listed(request.headers.getall(h.CONNECTION, ()))
+    return "upgrade" in h.connection_listed(request.header_all(b"connection"))
 
 
-def upstream_request_headers(
-    request: web.BaseRequest, upstream: Upstream, settings: Settings
-) -> CIMultiDict[str]:
+def valid_handshake(request: IncomingRequest) -> bool:
+    """RFC 6455 4.2.1, the parts a server checks: GET, version 13, a 16-byte key."""
+    if request.method != "GET" or request.header(b"sec-websocket-version") != "13":
+        return False
+    key = request.header(b"sec-websocket-key") or ""
+    try:
+        return len(base64.b64decode(key.strip(), validate=True)) == 16
+    except (binascii.Error, ValueError):
+        return False
+
+
+def forwarded_headers(
+    request: IncomingRequest, peer: str, upstream: Upstream, settings: Settings
+) -> list[tuple[bytes, bytes]]:
     """The client's headers minus hop-by-hop ones, with Host and X-Forwarded-* set (SPEC 5)."""
-    incoming = request.headers
-    listed = incoming.getall(h.CONNECTION, ())
-    drop = _NEVER_FORWARDED | h.connection_listed(listed) if listed else _NEVER_FORWARDED
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in incoming.items():
-        if name.lower() not in drop:
-            out.add(name, value)
-    client_host = incoming.get(h.HOST, "")
-    out[h.HOST] = client_host if settings.preserve_host and client_host else upstream.host_header
-    prior = ", ".join(incoming.getall(h.X_FORWARDED_FOR, ()))
-    remote = request.remote or ""
-    out[h.X_FORWARDED_FOR] = f"{prior}, {remote}" if prior else remote
-    if not (settings.trust_forwarded and h.X_FORWARDED_PROTO in incoming):
-        out[h.X_FORWARDED_PROTO] = "https" if settings.tls is not None else "http"
-    if not (settings.trust_forwarded and h.X_FORWARDED_HOST in incoming):
-        if client_host:
-            out[h.X_FORWARDED_HOST] = client_host
-        else:  # HTTP/1.0 without Host: never pass on the client's own claim
-            out.popall(h.X_FORWARDED_HOST, None)
+    fields = request.fields
+    trust = settings.trust_forwarded
+    keep_proto = trust and b"x-forwarded-proto" in fields
+    keep_host = trust and b"x-forwarded-host" in fields
+    drop = _DROP[keep_proto, keep_host]
+    listed = fields.get(b"connection")
+    if listed:
+        drop = drop | {n.encode() for n in h.connection_listed(v.decode() for v in listed)}
+    out = [(name, value) for lname, name, value in request.headers if lname not in drop]
+    client_host = fields.get(b"host", (b"",))[0]
+    host = client_host if settings.preserve_host and client_host else upstream.host_header.encode()
+    out.append((b"Host", host))
+    prior = b", ".join(fields.get(b"x-forwarded-for", ()))
+    remote = peer.encode()
+    out.append((b"X-Forwarded-For", prior + b", " + remote if prior else remote))
+    if not keep_proto:
+        out.append((b"X-Forwarded-Proto", b"https" if settings.tls else b"http"))
+    if not keep_host and client_host:  # HTTP/1.0 without Host: never the client's own claim
+        out.append((b"X-Forwarded-Host", client_host))
     return out
 
 
-def copy_response_headers(
-    upstream: CIMultiDictProxy[str], out: CIMultiDict[str], decision: Decision
-) -> None:
-    """Upstream response head -> client response head, with the decision applied."""
-    listed = upstream.getall(h.CONNECTION, ())
-    drop = h.HOP_BY_HOP | h.connection_listed(listed) if listed else h.HOP_BY_HOP
-    for name, value in upstream.items():
-        lower = name.lower()
-        if lower in drop or (decision.strip and lower.startswith(h.ACCESS_CONTROL_PREFIX)):
+def upstream_request_head(
+    request: IncomingRequest, peer: str, upstream: Upstream, target: Target, settings: Settings
+) -> bytes:
+    path = (upstream.prefix + target.path_qs).encode("latin-1")
+    lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode(), path)]
+    lines.extend(
+        b"%s: %s\r\n" % pair for pair in forwarded_headers(request, peer, upstream, settings)
+    )
+    if request.chunked:
+        lines.append(b"Transfer-Encoding: chunked\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def relayed_lines(upstream: RawHeaders, decision: Decision) -> tuple[list[bytes], bool]:
+    """Upstream response head -> client response head lines, with the decision applied.
+    Also whether the upstream gave a Content-Length (else the client side frames the body)."""
+    drop = _HOP_BY_HOP
+    listed = [value for lname, _, value in upstream if lname == b"connection"]
+    if listed:
+        drop = drop | {n.encode() for n in h.connection_listed(v.decode() for v in listed)}
+    strip = decision.strip
+    lines: list[bytes] = []
+    vary: list[bytes] = []
+    length_known = chunked = has_date = False
+    for lname, name, value in upstream:
+        if lname in drop:
+            chunked = chunked or lname == b"transfer-encoding"
             continue
-        out.add(name, value)
-    apply_decision(out, decision, upstream.keys() if decision.expose_upstream else ())
+        if strip and lname.startswith(_ACCESS_CONTROL):
+            continue
+        if lname == b"vary":
+            vary.append(value)
+            continue
+        if lname == b"content-length":
+            length_known = True
+        elif lname == b"date":
+            has_date = True
+        lines.append(b"%s: %s\r\n" % (name, value))
+    if not has_date:
+        lines.append(date_line())  # RFC 9110 6.6.1: a recipient forwarding without one adds it
+    names = (name.decode("latin-1") for _, name, _ in upstream) if decision.expose_upstream else ()
+    lines.extend(encode(decision_pairs(decision, names, [v.decode("latin-1") for v in vary])))
+    return lines, length_known and not chunked
 
 
-def apply_decision(
-    out: CIMultiDict[str], decision: Decision, upstream_names: Iterable[str] = ()
-) -> None:
-    for name, value in decision.headers:
-        out[name] = value
+def decision_pairs(
+    decision: Decision, upstream_names: Iterable[str] = (), vary: list[str] | None = None
+) -> list[tuple[str, str]]:
+    """The decision's headers, plus Vary merged with the response's own ``vary`` values."""
+    pairs = list(decision.headers)
     if decision.expose_upstream and decision.cors_allowed:
         exposed = expose_value_for(upstream_names)
         if exposed:
-            out[h.AC_EXPOSE_HEADERS] = exposed
-    if decision.vary:
-        merged = h.merge_vary(out.getall(h.VARY, ()), decision.vary)
-        if merged is not None:
-            out[h.VARY] = merged
+            pairs.append((h.AC_EXPOSE_HEADERS, exposed))
+    vary = vary or []
+    merged = h.merge_vary(vary, decision.vary) if decision.vary else None
+    if merged is not None:
+        pairs.append((h.VARY, merged))
+    else:
+        pairs.extend((h.VARY, value) for value in vary)
+    return pairs
+
+
+def encode(pairs: Iterable[tuple[str, str]]) -> list[bytes]:
+    return [f"{name}: {value}\r\n".encode("latin-1") for name, value in pairs]
 
 
 _REFUSAL_PREFIX = {
@@ -452,26 +465,25 @@ _REFUSAL_PREFIX = {
     Kind.ACTUAL: "CORS request rejected",
     Kind.WEBSOCKET: "WebSocket rejected",
 }
+_TEXT = (h.CONTENT_TYPE, "text/plain; charset=utf-8")
 
 
-def answer(decision: Decision) -> web.Response:
-    """The proxy's own answer: a preflight, a 403 refusal, or a 400 for several Origins."""
+def answer_parts(decision: Decision) -> tuple[list[tuple[str, str]], bytes]:
+    """Headers and body of the proxy's own answer to a request it does not forward."""
     if decision.reason:
         prefix = _REFUSAL_PREFIX.get(decision.kind, "Bad request")
-        response = web.Response(
-            status=decision.status, text=f"{prefix}: {decision.reason}\n", content_type="text/plain"
-        )
-    else:
-        response = web.Response(status=decision.status)
-    apply_decision(response.headers, decision)
-    return response
+        return [_TEXT, *decision_pairs(decision)], f"{prefix}: {decision.reason}\n".encode()
+    return decision_pairs(decision), b""
 
 
-def error_response(status: int, message: str, decision: Decision) -> web.Response:
+def error_parts(message: str, decision: Decision) -> tuple[list[tuple[str, str]], bytes]:
     """400/404/502/504 made by the proxy. An allowed cross-origin page gets the same CORS
     headers a forwarded response would carry, so it can read the error (SPEC 4)."""
-    response = web.Response(status=status, text=message + "\n", content_type="text/plain")
-    if not decision.cors_allowed:
-        decision = replace(decision, headers=())
-    apply_decision(response.headers, decision)
-    return response
+    pairs = (
+        decision_pairs(decision)
+        if decision.cors_allowed
+        else decision_pairs(
+            Decision(decision.kind, decision.verdict, decision.action, vary=decision.vary)
+        )
+    )
+    return [_TEXT, *pairs], (message + "\n").encode()

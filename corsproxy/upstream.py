@@ -1,0 +1,339 @@
+"""Pooled HTTP/1.1 connections to upstreams, parsed by httptools (llhttp, in C).
+
+The proxy writes a request head it assembled itself and reads the response head back as raw
+``(lowercase name, name, value)`` triples. Body chunks go straight to a sink (the client's
+transport) as they arrive; when the client reads slowly, the client side pauses this
+transport, so nothing piles up in between. One exchange at a time per connection, and a
+connection goes back to the pool only when its response was read to the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import httptools
+
+from corsproxy.listener import READ_CHUNK, RawHeaders
+
+if TYPE_CHECKING:
+    from corsproxy.listener import ClientConnection
+    from corsproxy.policy import Upstream
+
+
+class UpstreamError(Exception):
+    """``reason`` is the metric label: connect, timeout or protocol. ``stale`` means a pooled
+    connection was found closed before any byte of an answer: nothing was processed."""
+
+    def __init__(self, reason: str, message: str, stale: bool = False) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.stale = stale
+
+
+class _HeadOnly(Exception):
+    """Raised from the parser callback to stop after the head of an answer to HEAD."""
+
+
+class UpstreamConnection(asyncio.Protocol):
+    def __init__(self, pool: UpstreamPool, key: str) -> None:
+        self.pool = pool
+        self.key = key
+        self.loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.reused = False
+        self.idle_since = 0.0
+        self.reset()
+
+    def reset(self) -> None:
+        self.head: asyncio.Future[None] | None = None
+        self.done: asyncio.Future[None] | None = None
+        self.head_only = False
+        self.status = 0
+        self.reason = b""
+        self.headers: RawHeaders = []
+        self.length_known = False
+        self.until_close = False
+        self.keep_alive = True
+        self.complete = False
+        self.got_data = False
+        self.request_sent = True
+        self.chunked_request = False
+        self.sink: Callable[[bytes], None] | None = None
+        self.early: list[bytes] = []  # body that came with the head, before a sink
+        self.client: ClientConnection | None = None
+        self.read_paused = False
+        self.read_timeout = 0.0
+        self.last_read = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+
+    # --- the exchange, driven by the proxy
+
+    def begin(
+        self,
+        head: bytes,
+        client: ClientConnection,
+        read_timeout: float,
+        head_only: bool,
+        body: bool,
+        chunked: bool,
+    ) -> None:
+        loop = self.loop
+        self.head = loop.create_future()
+        self.done = loop.create_future()
+        self.client = client
+        self.head_only = head_only
+        self.request_sent = not body
+        self.chunked_request = chunked
+        self.read_timeout = read_timeout
+        self.last_read = loop.time()
+        self.timer = loop.call_at(self.last_read + read_timeout, self.check_timeout)
+        assert self.transport is not None
+        self.transport.write(head)
+
+    def send_body(self, data: bytes) -> None:
+        if self.transport is None or self.closed or not data:
+            return
+        if self.chunked_request:
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        self.transport.write(data)
+
+    def end_body(self) -> None:
+        self.request_sent = True
+        if self.chunked_request and self.transport is not None and not self.closed:
+            self.transport.write(b"0\r\n\r\n")
+
+    def attach(self, sink: Callable[[bytes], None]) -> bytes:
+        """From now on body chunks go to ``sink``; returns what arrived before."""
+        self.sink = sink
+        early, self.early = b"".join(self.early), []
+        if self.read_paused:
+            self.read_paused = False
+            if self.transport is not None:
+                self.transport.resume_reading()
+        return early
+
+    def pause_reading(self) -> None:
+        """The client cannot take more yet (its transport's buffer is full)."""
+        self.read_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.read_paused = False
+        self.last_read = self.loop.time()
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    @property
+    def reusable(self) -> bool:
+        return self.complete and self.keep_alive and self.request_sent and not self.closed
+
+    def close(self) -> None:
+        self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.transport is not None:
+            self.transport.close()
+
+    # --- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        if self.done is None or self.done.done():
+            return
+        if self.until_close and self.head is not None and self.head.done():
+            self.on_message_complete()  # the body was delimited by the close
+            return
+        if not self.got_data:
+            self.fail(UpstreamError("protocol", "upstream closed the connection", self.reused))
+        else:
+            self.fail(UpstreamError("protocol", "upstream closed the connection mid-response"))
+
+    def data_received(self, data: bytes) -> None:
+        if self.done is None or self.done.done():
+            self.close()  # nothing was asked: an upstream that talks out of turn is not reused
+            return
+        self.got_data = True
+        self.last_read = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _HeadOnly):
+                self.parser = httptools.HttpResponseParser(self)
+                self.on_message_complete()
+            else:
+                self.fail(UpstreamError("protocol", "upstream sent an invalid response"))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            self.fail(UpstreamError("protocol", "upstream sent an invalid response"))
+
+    def pause_writing(self) -> None:
+        if self.client is not None:
+            self.client.pause("upload")
+
+    def resume_writing(self) -> None:
+        if self.client is not None:
+            self.client.resume("upload")
+
+    # --- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self.reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200:
+            return  # 100 Continue and other interim answers are not passed on
+        self.status = status
+        self.keep_alive = self.parser.should_keep_alive()
+        chunked = False
+        for lname, _, _ in self.headers:
+            if lname == b"content-length":
+                self.length_known = True
+            elif lname == b"transfer-encoding":
+                chunked = True
+        if chunked:
+            self.length_known = False
+        no_body = self.head_only or status in (204, 304)
+        self.until_close = not (self.length_known or chunked or no_body)
+        assert self.head is not None
+        if not self.head.done():
+            self.head.set_result(None)
+        if self.head_only:
+            raise _HeadOnly
+
+    def on_body(self, data: bytes) -> None:
+        if self.sink is not None:
+            self.sink(data)
+        else:
+            self.early.append(data)
+            if len(self.early) > 1 and sum(map(len, self.early)) > READ_CHUNK:
+                self.pause_reading()
+
+    def on_message_complete(self) -> None:
+        if self.parser.get_status_code() < 200 and not self.head_only:
+            return
+        self.complete = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)
+
+    # --- failures
+
+    def check_timeout(self) -> None:
+        """``timeouts.read`` bounds each wait for the upstream: the head, then each chunk.
+        One timer per exchange, pushed back lazily instead of reset on every read."""
+        self.timer = None
+        if self.done is None or self.done.done():
+            return
+        due = self.last_read + self.read_timeout
+        now = self.loop.time()
+        if self.read_paused or due > now:
+            self.timer = self.loop.call_at(max(due, now + 0.01), self.check_timeout)
+            return
+        self.fail(UpstreamError("timeout", "upstream did not answer in time"))
+
+    def fail(self, error: UpstreamError) -> None:
+        for future in (self.head, self.done):
+            if future is not None and not future.done():
+                future.set_exception(error)
+                future.exception()  # read: an exchange that never awaits one is not an error
+        self.close()
+
+
+class UpstreamPool:
+    """Idle keep-alive connections per upstream ``scheme://host:port``."""
+
+    def __init__(self, idle: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.idle = idle
+        self.free: dict[str, list[UpstreamConnection]] = {}
+        self.endpoints: dict[str, tuple[str, int, ssl.SSLContext | None]] = {}
+        self.tls_context: ssl.SSLContext | None = None
+
+    def take(self, upstream: Upstream) -> UpstreamConnection | None:
+        free = self.free.get(upstream.url)
+        while free:
+            conn = free.pop()
+            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
+                conn.reused = True
+                return conn
+        return None
+
+    async def connect(self, upstream: Upstream, timeout: float) -> UpstreamConnection:
+        host, port, context = self.endpoint(upstream.url)
+        try:
+            async with asyncio.timeout(timeout):
+                _, conn = await self.loop.create_connection(
+                    lambda: UpstreamConnection(self, upstream.url),
+                    host,
+                    port,
+                    ssl=context,
+                    server_hostname=host if context is not None else None,
+                )
+        except TimeoutError:
+            raise UpstreamError("timeout", "upstream did not answer in time") from None
+        except (OSError, ssl.SSLError):
+            raise UpstreamError("connect", "upstream unreachable") from None
+        return conn
+
+    def endpoint(self, url: str) -> tuple[str, int, ssl.SSLContext | None]:
+        found = self.endpoints.get(url)
+        if found is None:
+            parts = urlsplit(url)
+            tls = parts.scheme == "https"
+            if tls and self.tls_context is None:
+                self.tls_context = ssl.create_default_context()
+            found = (
+                parts.hostname or "",
+                parts.port or (443 if tls else 80),
+                self.tls_context if tls else None,
+            )
+            self.endpoints[url] = found
+        return found
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if not conn.reusable:
+            conn.close()
+            return
+        conn.reset()
+        conn.idle_since = time.monotonic()
+        self.free.setdefault(conn.key, []).append(conn)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        free = self.free.get(conn.key)
+        if free and conn in free:
+            free.remove(conn)
+
+    def sweep(self) -> None:
+        """Close connections idle longer than ``idle`` (timeouts.idle)."""
+        cutoff = time.monotonic() - self.idle
+        for free in self.free.values():
+            for conn in [c for c in free if c.idle_since < cutoff]:
+                conn.close()
+
+    def close(self) -> None:
+        for free in self.free.values():
+            for conn in list(free):
+                conn.close()
+        self.free.clear()

@@ -582,7 +582,13 @@ def main() -> int:
         "--profile",
         type=float,
         metavar="SECONDS",
-        help="instead: profile corsproxy under GET 100 B load (py-spy if installed, else cProfile)",
+        help="instead: profile corsproxy under load (py-spy if installed, else cProfile)",
+    )
+    ap.add_argument(
+        "--profile-scenario",
+        choices=("get", "preflight"),
+        default="get",
+        help="what --profile loads corsproxy with: GET 100 B (default) or preflights",
     )
     args = ap.parse_args()
     rounds = 1 if args.quick else args.rounds
@@ -593,7 +599,7 @@ def main() -> int:
     servers: dict[str, Server] = {}
     try:
         if args.profile:
-            return profile(wrk, nginx, workdir, args.profile)
+            return profile(wrk, nginx, workdir, args.profile, args.profile_scenario)
         servers = start_all(nginx, workdir)
         sanity(servers)
         plan = scenarios(workdir)
@@ -653,12 +659,12 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def profile(wrk: str, nginx: str, workdir: str, seconds: float) -> int:
+def profile(wrk: str, nginx: str, workdir: str, seconds: float, what: str) -> int:
     servers = start_all(nginx, workdir, with_proxies=False)
     up = servers["upstream"].port
-    script = os.path.join(workdir, "get.lua")
+    script = os.path.join(workdir, f"{what}.lua")
     with open(script, "w") as f:
-        f.write(LUA_GET)
+        f.write(LUA_PREFLIGHT if what == "preflight" else LUA_GET)
     pyspy = shutil.which("py-spy")
     prof = os.path.join(workdir, "corsproxy.prof")
     prefix = None if pyspy else [sys.executable, "-m", "cProfile", "-o", prof]
@@ -668,7 +674,8 @@ def profile(wrk: str, nginx: str, workdir: str, seconds: float) -> int:
     try:
         run_wrk(wrk, script, url, 32, 1, cp)  # warm-up
         if pyspy:
-            out = os.path.join(REPO, "benchmarks", "profile-get-small.txt")
+            name = "profile-preflight.txt" if what == "preflight" else "profile-get-small.txt"
+            out = os.path.join(REPO, "benchmarks", name)
             spy = subprocess.Popen(
                 [
                     pyspy,

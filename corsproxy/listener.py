@@ -10,6 +10,7 @@ handled at a time per connection, in order; pipelined requests wait with reading
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from http import HTTPStatus
 from typing import Any
 
 import httptools
+
+log = logging.getLogger("corsproxy")
 
 # Large enough that a 1 GiB body moves in few, cheap reads; small enough to bound memory.
 READ_CHUNK = 256 * 1024
@@ -43,6 +46,20 @@ WATCHED = frozenset(
         b"sec-websocket-key",
         b"sec-websocket-version",
         b"sec-websocket-protocol",
+    }
+)
+
+# The headers the proxy's routing and CORS decisions read besides method and target: the
+# (name, value) sequence of these keys its memo of decisions (proxy.Memo).
+KEYED = frozenset(
+    {
+        b"host",
+        b"origin",
+        b"access-control-request-method",
+        b"access-control-request-headers",
+        b"access-control-request-private-network",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
     }
 )
 
@@ -98,6 +115,7 @@ class IncomingRequest:
         "head_sent",
         "headers",
         "keep_alive",
+        "keyed",
         "method",
         "on_body_end",
         "sent",
@@ -117,6 +135,7 @@ class IncomingRequest:
         self.version = "1.1"
         self.headers: RawHeaders = []
         self.fields: dict[bytes, list[bytes]] = {}
+        self.keyed: list[bytes] = []  # name, value, name, value... of KEYED headers
         self.keep_alive = True
         self.has_body = False
         self.chunked = False
@@ -206,8 +225,14 @@ class ClientConnection(asyncio.Protocol):
             self.pause("upgrade")
             if self.active is None and self.waiting:
                 self.dispatch(self.waiting.popleft())
+        except httptools.HttpParserCallbackError as exc:
+            # One of the callbacks below (or the proxy they call) failed: a bug, not the
+            # client's fault. Logged with its traceback; the client gets a 500.
+            log.error("internal error while handling a request", exc_info=exc.__context__)
+            self.refuse(500)
         except httptools.HttpParserError as exc:
-            self.malformed(exc)
+            self.listener.malformed(self, exc)
+            self.refuse(400)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -235,6 +260,8 @@ class ClientConnection(asyncio.Protocol):
         request.headers.append((lname, name, value))
         if lname in WATCHED:
             request.fields.setdefault(lname, []).append(value)
+            if lname in KEYED:
+                request.keyed += (lname, value)
 
     def on_headers_complete(self) -> None:
         request = self.request
@@ -449,23 +476,22 @@ class ClientConnection(asyncio.Protocol):
         self.pauses.add(reason)
 
     def resume(self, reason: str) -> None:
-        if reason in self.pauses:
+        if self.pauses and reason in self.pauses:
             self.pauses.discard(reason)
             if not self.pauses and self.transport is not None and not self.closed:
                 self.transport.resume_reading()
 
-    def malformed(self, exc: Exception) -> None:
-        """Bytes that are not HTTP/1.1: a 400 when nothing is being answered, then close."""
+    def refuse(self, status: int) -> None:
+        """Stop reading; answer ``status`` if nothing is being answered, then close."""
         self.parser = None
-        self.listener.malformed(self, exc)
         if self.transport is None:
             return
         if self.active is None:
-            body = b"Bad Request\n"
+            body = b"%s\n" % HTTPStatus(status).phrase.encode()
             self.transport.write(
                 b"".join(
                     [
-                        STATUS_LINES[400],
+                        STATUS_LINES[status],
                         b"Content-Type: text/plain; charset=utf-8\r\n",
                         date_line(),
                         CLOSE,

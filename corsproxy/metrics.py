@@ -6,6 +6,8 @@ With several workers, each worker process writes its samples to files in a share
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -48,13 +50,24 @@ class RequestMetrics:
             registry=self.registry,
         )
 
+        # Labelled children, looked up once: ``labels()`` takes a lock and builds a key.
+        self.counted: dict[tuple[str, str, str], Any] = {}
+        self.timed: dict[str, Any] = {}
+
     def observe(
         self, route: str, kind: str, decision: str, upstream_error: str | None, seconds: float
     ) -> None:
-        self.requests.labels(route, kind, decision).inc()
+        key = (route, kind, decision)
+        counter = self.counted.get(key)
+        if counter is None:
+            counter = self.counted[key] = self.requests.labels(route, kind, decision)
+        counter.inc()
         if upstream_error:
             self.upstream_errors.labels(route, upstream_error).inc()
-        self.duration.labels(route).observe(seconds)
+        histogram = self.timed.get(route)
+        if histogram is None:
+            histogram = self.timed[route] = self.duration.labels(route)
+        histogram.observe(seconds)
 
 
 class ReloadMetrics:

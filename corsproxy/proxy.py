@@ -32,7 +32,7 @@ from corsproxy.listener import CONTINUE, ClientConnection, IncomingRequest, RawH
 from corsproxy.metrics import RequestMetrics
 from corsproxy.origins import routing_host
 from corsproxy.paths import PathError, Target, parse_target
-from corsproxy.policy import Settings, Upstream
+from corsproxy.policy import Route, Settings, Upstream
 from corsproxy.upstream import UpstreamConnection, UpstreamError, UpstreamPool
 
 log = logging.getLogger("corsproxy")
@@ -114,30 +114,26 @@ class Proxy:
         self.metrics = metrics
         # Set by the wiring: takes a WebSocket handshake's connection (see websocket.py).
         self.hand_off: Callable[[IncomingRequest, ClientConnection, HandOff], None] | None = None
+        self.memo = Memo(settings)
 
     def handle(self, request: IncomingRequest, conn: ClientConnection) -> None:
         """Called once per request, in order, when its head has arrived."""
         settings = self.settings
-        host = routing_host(request.header(b"host") or "")
-        target: Target | None = None
-        path_error = ""
-        try:
-            target = parse_target(request.target)
-            route = settings.table.match(host, target.path)
-        except PathError as exc:
-            route, path_error = settings.table.fallback, str(exc)
-        websocket = is_websocket(request)
-        decision = PASSTHROUGH
-        if route.policy is not None:
-            decision = decide(route.policy, request_facts(request, settings, websocket))
+        memo = self.memo
+        if memo.settings is not settings:
+            memo = self.memo = Memo(settings)
+        target, path_error, route = memo.route(request)
+        websocket = b"upgrade" in request.fields and is_websocket(request)
+        prepared = memo.decision(route, request, websocket)
+        decision = prepared.decision
         outcome = request.state = Outcome(route.name, decision, started=request.started)
         if target is None:
             # Refused whatever the policy says, preflights included (SPEC 3.1); the
             # decision only tells whether an allowed page may read the 400.
             outcome.note = f"bad request path: {path_error}"
             return self.error(conn, request, BAD_REQUEST, outcome.note)
-        if decision.action is Action.ANSWER:
-            return self.answer(conn, request, decision)
+        if prepared.answer is not None:
+            return conn.answer(request, *prepared.answer)
         upstream = route.upstream
         if upstream is None:
             outcome.note = "no route for this path"
@@ -154,7 +150,7 @@ class Proxy:
             outcome.note = "an upgrade request with a body is not supported"
             return self.error(conn, request, BAD_REQUEST, outcome.note)
         request.task = asyncio.ensure_future(
-            self.forward(conn, request, upstream, target, decision, settings)
+            self.forward(conn, request, upstream, target, prepared, settings)
         )
 
     async def forward(
@@ -163,7 +159,7 @@ class Proxy:
         request: IncomingRequest,
         upstream: Upstream,
         target: Target,
-        decision: Decision,
+        prepared: Prepared,
         settings: Settings,
     ) -> None:
         outcome: Outcome = request.state
@@ -172,7 +168,7 @@ class Proxy:
         try:
             up = await self.send(conn, request, upstream, head, settings)
             outcome.upstream_status = up.status
-            lines, length_known = relayed_lines(up.headers, decision)
+            lines, length_known = relayed_lines(up.headers, prepared)
             has_body = not (request.method == "HEAD" or up.status in NO_BODY_STATUSES)
             first = up.attach(partial(conn.send, request))
             conn.start_response(request, up.status, up.reason, lines, length_known, has_body, first)
@@ -247,11 +243,6 @@ class Proxy:
                 up.close()
                 raise
 
-    def answer(self, conn: ClientConnection, request: IncomingRequest, decision: Decision) -> None:
-        """The proxy's own answer: a preflight, a 403 refusal, or a 400 for several Origins."""
-        pairs, body = answer_parts(decision)
-        conn.answer(request, decision.status, encode(pairs), body)
-
     def error(
         self, conn: ClientConnection, request: IncomingRequest, status: int, message: str
     ) -> None:
@@ -314,6 +305,70 @@ class Proxy:
 
     def malformed(self, conn: ClientConnection, exc: Exception) -> None:
         log.info("malformed request from %s: %s", conn.peer or "?", exc)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A decision with its header lines encoded once: ``lines`` for a forwarded response
+    whose upstream sent no Vary, ``answer`` (status, lines, body) when the proxy answers."""
+
+    decision: Decision
+    lines: list[bytes]
+    answer: tuple[int, list[bytes], bytes] | None
+
+
+def prepare(decision: Decision) -> Prepared:
+    answer = None
+    if decision.action is Action.ANSWER:
+        pairs, body = answer_parts(decision)
+        answer = (decision.status, encode(pairs), body)
+    return Prepared(decision, encode(decision_pairs(decision)), answer)
+
+
+MEMO_SIZE = 4096
+
+
+class Memo:
+    """Routes and decisions already worked out under one ``Settings``, keyed by the raw
+    request values they depend on: both are pure functions of those values and the
+    settings, and the same few combinations come back request after request. A reload
+    starts a new memo; a full table is emptied, so unique requests cost bounded memory."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.routes: dict[tuple[bytes, str], tuple[Target | None, str, Route]] = {}
+        self.decisions: dict[tuple[object, ...], Prepared] = {}
+
+    def route(self, request: IncomingRequest) -> tuple[Target | None, str, Route]:
+        host = request.fields.get(b"host", (b"",))[0]
+        key = (host, request.target)
+        found = self.routes.get(key)
+        if found is None:
+            table = self.settings.table
+            try:
+                target = parse_target(request.target)
+            except PathError as exc:
+                found = (None, str(exc), table.fallback)
+            else:
+                found = (target, "", table.match(routing_host(host.decode("latin-1")), target.path))
+            if len(self.routes) >= MEMO_SIZE:
+                self.routes.clear()
+            self.routes[key] = found
+        return found
+
+    def decision(self, route: Route, request: IncomingRequest, websocket: bool) -> Prepared:
+        # id(route) is safe as a key: every route lives in self.settings, held here.
+        key = (id(route), request.method, websocket, *request.keyed)
+        found = self.decisions.get(key)
+        if found is None:
+            decision = PASSTHROUGH
+            if route.policy is not None:
+                decision = decide(route.policy, request_facts(request, self.settings, websocket))
+            found = prepare(decision)
+            if len(self.decisions) >= MEMO_SIZE:
+                self.decisions.clear()
+            self.decisions[key] = found
+        return found
 
 
 def request_facts(request: IncomingRequest, settings: Settings, websocket: bool) -> RequestFacts:
@@ -406,13 +461,14 @@ def upstream_request_head(
     return b"".join(lines)
 
 
-def relayed_lines(upstream: RawHeaders, decision: Decision) -> tuple[list[bytes], bool]:
+def relayed_lines(upstream: RawHeaders, prepared: Prepared) -> tuple[list[bytes], bool]:
     """Upstream response head -> client response head lines, with the decision applied.
     Also whether the upstream gave a Content-Length (else the client side frames the body)."""
     drop = _HOP_BY_HOP
     listed = [value for lname, _, value in upstream if lname == b"connection"]
     if listed:
         drop = drop | {n.encode() for n in h.connection_listed(v.decode() for v in listed)}
+    decision = prepared.decision
     strip = decision.strip
     lines: list[bytes] = []
     vary: list[bytes] = []
@@ -433,8 +489,11 @@ def relayed_lines(upstream: RawHeaders, decision: Decision) -> tuple[list[bytes]
         lines.append(b"%s: %s\r\n" % (name, value))
     if not has_date:
         lines.append(date_line())  # RFC 9110 6.6.1: a recipient forwarding without one adds it
-    names = (name.decode("latin-1") for _, name, _ in upstream) if decision.expose_upstream else ()
-    lines.extend(encode(decision_pairs(decision, names, [v.decode("latin-1") for v in vary])))
+    if vary or decision.expose_upstream:
+        names = (n.decode("latin-1") for _, n, _ in upstream) if decision.expose_upstream else ()
+        lines.extend(encode(decision_pairs(decision, names, [v.decode("latin-1") for v in vary])))
+    else:
+        lines.extend(prepared.lines)
     return lines, length_known and not chunked
 
 

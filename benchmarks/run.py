@@ -5,12 +5,15 @@
     python benchmarks/run.py --quick    # 1 round, smoke run
     python benchmarks/run.py --json out.json
     python benchmarks/run.py --profile 5   # py-spy (or cProfile) on corsproxy under GET 100 B
+    python benchmarks/run.py --profile 5 --profile-scenario preflight
 
 Starts, on 127.0.0.1 ephemeral ports:
   upstream   nginx serving /small (100 B), /big (1 MiB) and /upload (the body is read in
              full by a buffering proxy_pass before a second server block answers 200)
   nginx      the reference CORS proxy, 1 worker, same rules as corsproxy
   corsproxy  `serve -c`, access_log off, 1 worker (and a second one with workers: 2)
+  aiohttp    a plain aiohttp + uvloop proxy with the same rules (plain_aiohttp_proxy.py), the
+             peer issue 7 names
 and drives them with wrk (1 thread). Figures: req/s, p50, p99, proxy CPU time per request
 (user+sys of the proxy's process tree / requests), peak RSS of the largest process (sampled
 every 100 ms; CPython rarely returns memory: it is the high-water mark so far). Each is the median
@@ -320,6 +323,19 @@ def start_corsproxy(
     return Server(name, port, proc)
 
 
+def start_plain_aiohttp(workdir: str, port: int, up: int) -> Server:
+    """The issue's "plain aiohttp + uvloop proxy" peer (benchmarks/plain_aiohttp_proxy.py)."""
+    script = os.path.join(REPO, "benchmarks", "plain_aiohttp_proxy.py")
+    proc = subprocess.Popen(
+        [sys.executable, script, str(port), f"http://127.0.0.1:{up}", ORIGIN],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=open(f"{workdir}/aiohttp.log", "w"),  # noqa: SIM115 (child keeps it)
+    )
+    wait_port(port, proc, timeout=20)
+    return Server("aiohttp", port, proc)
+
+
 # --------------------------------------------------------------------------- wrk
 
 
@@ -421,17 +437,26 @@ def scenarios(workdir: str) -> list[Scenario]:
 
     pre, get, post = lua("preflight", LUA_PREFLIGHT), lua("get", LUA_GET), lua("post", LUA_POST)
     return [
-        Scenario("preflight", pre, "/small", None, 32, ("nginx", "corsproxy")),
+        Scenario("preflight", pre, "/small", None, 32, ("nginx", "corsproxy", "aiohttp")),
         Scenario(
             "GET 100 B",
             get,
             "/small",
             "/small",
             32,
-            ("upstream", "nginx", "corsproxy", "corsproxy-w2"),
+            ("upstream", "nginx", "corsproxy", "corsproxy-w2", "aiohttp"),
         ),
-        Scenario("GET 1 MiB", get, "/big", "/big", 16, ("upstream", "nginx", "corsproxy")),
-        Scenario("POST 1 MiB", post, "/upload", "/upload", 16, ("upstream", "nginx", "corsproxy")),
+        Scenario(
+            "GET 1 MiB", get, "/big", "/big", 16, ("upstream", "nginx", "corsproxy", "aiohttp")
+        ),
+        Scenario(
+            "POST 1 MiB",
+            post,
+            "/upload",
+            "/upload",
+            16,
+            ("upstream", "nginx", "corsproxy", "aiohttp"),
+        ),
     ]
 
 
@@ -490,6 +515,8 @@ def table(sc: Scenario) -> str:
             label = "upstream direct (baseline; CPU/RSS are the upstream's)"
         elif target == "corsproxy-w2":
             label = "corsproxy workers: 2 (RSS: largest process)"
+        elif target == "aiohttp":
+            label = "plain aiohttp proxy (peer)"
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {sum(s.errors for s in samples)} |")
     return "\n".join(lines)
 
@@ -530,6 +557,7 @@ def start_all(nginx: str, workdir: str, with_proxies: bool = True) -> dict[str, 
         )
         servers["corsproxy"] = start_corsproxy(workdir, "corsproxy", free_port(), up, 1)
         servers["corsproxy-w2"] = start_corsproxy(workdir, "corsproxy-w2", free_port(), up, 2)
+        servers["aiohttp"] = start_plain_aiohttp(workdir, free_port(), up)
     return servers
 
 
@@ -550,7 +578,7 @@ def sanity(servers: dict[str, Server]) -> None:
         "Access-Control-Request-Method": "POST",
         "Access-Control-Request-Headers": "content-type,x-request-id",
     }
-    for name in ("nginx", "corsproxy", "corsproxy-w2"):
+    for name in ("nginx", "corsproxy", "corsproxy-w2", "aiohttp"):
         port = servers[name].port
         st, hd, _ = req(port, "OPTIONS", "/small", pre)
         assert st == 204 and hd.get("access-control-allow-origin") == ORIGIN, (name, st, hd)

@@ -1,4 +1,8 @@
-"""The admin listener (SPEC 6): /healthz, /readyz, /metrics, /config."""
+"""The admin listener (SPEC 6): /healthz, /readyz, /metrics, /config.
+
+Served by the proxy's own HTTP/1.1 listener: four fixed answers do not need a web framework,
+and a worker that never sees a WebSocket then never loads aiohttp (about 11 MiB per process).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
-
+from corsproxy.listener import ClientConnection, IncomingRequest, Listener
 from corsproxy.metrics import CONTENT_TYPE
+
+TEXT = "text/plain; charset=utf-8"
+JSON = "application/json; charset=utf-8"
+IDLE = 75.0
+SHUTDOWN = 5.0
 
 
 @dataclass(frozen=True)
@@ -21,41 +29,44 @@ class AdminView:
     config: Callable[[], dict[str, Any]]
 
 
-def make_admin_app(view: AdminView) -> web.Application:
-    async def healthz(request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
-    async def readyz(request: web.Request) -> web.Response:
-        if view.ready():
-            return web.Response(text="ready\n")
-        return web.Response(status=503, text="not ready\n")
-
-    async def metrics(request: web.Request) -> web.Response:
-        response = web.Response(body=view.metrics())
-        response.headers["Content-Type"] = CONTENT_TYPE
-        return response
-
-    async def config(request: web.Request) -> web.Response:
-        return web.Response(
-            text=json.dumps(view.config(), indent=2, default=str) + "\n",
-            content_type="application/json",
-        )
-
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/config", config)
-    return app
+def admin_answer(view: AdminView, method: str, target: str) -> tuple[int, str, bytes]:
+    """Status, content type and body for one admin request."""
+    path = target.split("?", 1)[0]
+    if path not in ("/healthz", "/readyz", "/metrics", "/config"):
+        return 404, TEXT, b"404: Not Found\n"
+    if method not in ("GET", "HEAD"):
+        return 405, TEXT, b"405: Method Not Allowed\n"
+    if path == "/healthz":
+        return 200, TEXT, b"ok\n"
+    if path == "/readyz":
+        return (200, TEXT, b"ready\n") if view.ready() else (503, TEXT, b"not ready\n")
+    if path == "/metrics":
+        return 200, CONTENT_TYPE, view.metrics()
+    body = json.dumps(view.config(), indent=2, default=str) + "\n"
+    return 200, JSON, body.encode()
 
 
-async def start_admin(view: AdminView, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(make_admin_app(view), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    try:
-        await site.start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    return runner
+class AdminServer:
+    def __init__(self, view: AdminView) -> None:
+        self.view = view
+        self.listener = Listener(self.handle, _ignore, _ignore, IDLE)
+
+    def handle(self, request: IncomingRequest, conn: ClientConnection) -> None:
+        status, content_type, body = admin_answer(self.view, request.method, request.target)
+        lines = [f"Content-Type: {content_type}\r\n".encode()]
+        if status == 405:
+            lines.append(b"Allow: GET, HEAD\r\n")
+        conn.answer(request, status, lines, body)
+
+    async def cleanup(self) -> None:
+        await self.listener.close(SHUTDOWN)
+
+
+def _ignore(*_: object) -> None:
+    pass
+
+
+async def start_admin(view: AdminView, host: str, port: int) -> AdminServer:
+    server = AdminServer(view)
+    await server.listener.start(host, port, reuse_address=True)
+    return server

@@ -11,36 +11,16 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from aiohttp.http_exceptions import HttpProcessingError
-
 from corsproxy.admin import AdminView, start_admin
-from corsproxy.listener import Listener
+from corsproxy.listener import ClientConnection, IncomingRequest, Listener
 from corsproxy.metrics import ReloadMetrics, RequestMetrics, exposition
 from corsproxy.policy import Settings
-from corsproxy.proxy import Proxy
+from corsproxy.proxy import HandOff, Proxy
 from corsproxy.reload import ConfigSource, Reloader
 from corsproxy.upstream import UpstreamPool
-from corsproxy.websocket import WebSocketProxy, make_session
 
 log = logging.getLogger("corsproxy")
 T = TypeVar("T")
-
-
-class MalformedRequestFilter(logging.Filter):
-    """aiohttp logs a full traceback for every request it cannot parse; a malformed request
-    is the client's fault, so one line is enough."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], HttpProcessingError):
-            exc = record.exc_info[1]
-            record.msg = "malformed request: %s"
-            record.args = (str(exc.message).splitlines()[0] if exc.message else exc.code,)
-            record.levelno, record.levelname = logging.INFO, "INFO"
-            record.exc_info = record.exc_text = None
-        return True
-
-
-logging.getLogger("aiohttp.server").addFilter(MalformedRequestFilter())
 
 
 class TLSError(Exception):
@@ -81,13 +61,33 @@ def make_ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
+class WebSockets:
+    """Loads the WebSocket proxy (and with it aiohttp, about 11 MiB) on the first handshake
+    the engine lets through: a process that never sees one never pays for it."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.loaded: Any = None
+
+    def take(self, request: IncomingRequest, conn: ClientConnection, handoff: HandOff) -> None:
+        if self.loaded is None:
+            from corsproxy.websocket import WebSocketProxy, make_session
+
+            self.loaded = WebSocketProxy(self.proxy, make_session())
+        self.loaded.take(request, conn, handoff)
+
+    async def shutdown(self, timeout: float) -> None:
+        if self.loaded is not None:
+            await self.loaded.shutdown(timeout)
+
+
 @dataclass
 class Running:
     """A started proxy: its address, its handler (reloads swap its settings), how to stop it."""
 
     proxy: Proxy
     listener: Listener
-    websockets: WebSocketProxy
+    websockets: WebSockets
     metrics: RequestMetrics
     host: str
     port: int
@@ -120,7 +120,7 @@ async def start(
     ssl_context = make_ssl_context(settings)  # before anything needs closing
     pool = UpstreamPool(settings.timeouts.idle)
     proxy = Proxy(settings, pool, metrics)
-    websockets = WebSocketProxy(proxy, make_session())
+    websockets = WebSockets(proxy)
     proxy.hand_off = websockets.take
     listener = Listener(proxy.handle, proxy.finished, proxy.malformed, settings.timeouts.idle)
     listener.sweepers.append(pool.sweep)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 import aiohttp
 from aiohttp import WSMsgType, web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from corsproxy.listener import ClientConnection, IncomingRequest
@@ -26,6 +28,24 @@ from corsproxy.proxy import (
     UpstreamFault,
     error_parts,
 )
+
+
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a full traceback for every request it cannot parse; a malformed request
+    is the client's fault, so one line is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], HttpProcessingError):
+            exc = record.exc_info[1]
+            record.msg = "malformed request: %s"
+            record.args = (str(exc.message).splitlines()[0] if exc.message else exc.code,)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+logging.getLogger("aiohttp.server").addFilter(MalformedRequestFilter())
+
 
 AnyWebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 OUTCOME = web.RequestKey("outcome", Outcome)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from corsproxy.config import parse_settings
 from corsproxy.origins import OriginError, OriginMatcher, is_exact, parse_origin, serialise
-from corsproxy.paths import PathError, PatternError, compile_pattern, parse_target
+from corsproxy.paths import PathError, PatternError, compile_pattern, parse_target, path_parts
 
 
 @pytest.mark.parametrize(
@@ -225,3 +226,53 @@ def test_routing_host(host: str, expected: str) -> None:
     from corsproxy.origins import routing_host
 
     assert routing_host(host) == expected
+
+
+# --- the route table's index keeps first-match-wins (SPEC 3.1) ------------------------------
+
+INDEXED_ROUTES = """\
+upstream: http://127.0.0.1:9
+routes:
+  - {path: "/api/admin/**", cors: passthrough}
+  - {path: "/*/health"}
+  - {path: "/api/**", host: api.test}
+  - {path: "/api/*/items"}
+  - {path: "/**", host: other.test}
+  - {path: "/api/**"}
+  - {path: "/static/*"}
+  - {path: "/"}
+  - {path: "/caf%C3%A9/**"}
+"""
+
+
+def linear_match(table, host: str, path: str):
+    parts = path_parts(path)
+    return next((r for r in table.routes if r.matches(host, parts)), table.fallback)
+
+
+@pytest.mark.parametrize("host", ["front.test", "api.test", "other.test"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/api",
+        "/api/",
+        "/api/admin",
+        "/api/admin/x",
+        "/api/x/items",
+        "/api/x/items/y",
+        "/api/health",
+        "/web/health",
+        "/static/a.css",
+        "/static/",
+        "/static/a/b",
+        "/caf%c3%a9/menu",
+        "/caf%C3%A9",
+        "/unknown/path",
+        "/health",
+    ],
+)
+def test_route_index_agrees_with_a_first_match_scan(host: str, path: str) -> None:
+    settings, _ = parse_settings(INDEXED_ROUTES, "routes.yaml")
+    table = settings.table
+    assert table.match(host, path) is linear_match(table, host, path)

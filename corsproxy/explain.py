@@ -311,8 +311,9 @@ def explain(
     )
 
 
-# The request methods aiohttp's HTTP parser (llhttp) takes; any other method, and any of
-# these in lowercase (a browser sends `patch` as written), gets 400 before the proxy runs.
+# The request methods the listener's HTTP parser (llhttp, through httptools) takes; any
+# other method, and any of these in lowercase (a browser sends `patch` as written), gets 400
+# before the proxy runs.
 LISTENER_METHODS = frozenset(
     [
         "ACL",

@@ -352,6 +352,10 @@ class ClientConnection(asyncio.Protocol):
                 head.append(body)
         data = b"".join(head)
         request.status, request.sent, request.head_sent = status, len(data), True
+        if not request.body_complete and b"expect" in request.fields:
+            # The client waits for 100 Continue before sending its body and now never will:
+            # the connection cannot carry another request.
+            request.keep_alive = False
         self.discard_body(request)
         self.write(data)
         self.finish(request)

@@ -41,6 +41,7 @@ BAD_GATEWAY = 502
 GATEWAY_TIMEOUT = 504
 NOT_FOUND = 404
 BAD_REQUEST = 400
+CLIENT_CLOSED = 499  # nginx's code for a client that hung up before the answer (logs only)
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 NO_BODY_STATUSES = frozenset({204, 304})
 
@@ -193,6 +194,8 @@ class Proxy:
         except asyncio.CancelledError:
             # The client hung up (or the server is stopping): the upstream request goes too.
             outcome.note = "client went away" + (" mid-body" if request.head_sent else "")
+            if not request.head_sent:
+                request.status = CLIENT_CLOSED  # nothing was sent; logged as nginx does
             conn.finish(request)
         finally:
             conn.source = None

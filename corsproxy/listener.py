@@ -194,6 +194,7 @@ class ClientConnection(asyncio.Protocol):
         self.upgrade_tail: bytes | None = None
         self.closed = False
         self.last_seen = 0.0
+        self.head_began: float | None = None  # a request head is arriving since then
 
     # --- asyncio.Protocol
 
@@ -249,6 +250,7 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.request = IncomingRequest()
         self.url_parts = []
+        self.head_began = self.last_seen
 
     def on_url(self, url: bytes) -> None:
         self.url_parts.append(url)
@@ -267,6 +269,7 @@ class ClientConnection(asyncio.Protocol):
         request = self.request
         parser = self.parser
         assert request is not None and parser is not None
+        self.head_began = None
         if self.transport is None or self.transport.is_closing():
             return  # pipelined behind a response that closes the connection
         request.method = parser.get_method().decode()
@@ -426,6 +429,7 @@ class ClientConnection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.close()
             return
+        self.resume("upload")  # the upstream that pushed back on the body is done with it
         if not request.body_complete:
             self.discard_body(request)  # read past the rest; the next request follows it
         if self.upgrade_tail is not None and request.upgrade:
@@ -459,8 +463,12 @@ class ClientConnection(asyncio.Protocol):
             protocol.data_received(data)
 
     def close_if_idle(self, now: float, idle: float) -> None:
-        idle_now = self.active is None and not self.waiting and now - self.last_seen >= idle
-        if idle_now and self.transport is not None:
+        """Close when nothing was received for ``idle`` seconds between requests, or when a
+        request head has been trickling in for that long (a slow client holds no slot)."""
+        if self.active is not None or self.waiting or self.transport is None:
+            return
+        began = self.head_began
+        if now - self.last_seen >= idle or (began is not None and now - began >= idle):
             self.transport.close()
 
     # --- internals

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -435,7 +436,7 @@ def forwarded_headers(
     drop = _DROP[keep_proto, keep_host]
     listed = fields.get(b"connection")
     if listed:
-        drop = drop | {n.encode() for n in h.connection_listed(v.decode() for v in listed)}
+        drop = drop | listed_names(tuple(listed))
     out = [(name, value) for lname, name, value in request.headers if lname not in drop]
     client_host = fields.get(b"host", (b"",))[0]
     host = client_host if settings.preserve_host and client_host else upstream.host_header.encode()
@@ -464,13 +465,19 @@ def upstream_request_head(
     return b"".join(lines)
 
 
+@functools.lru_cache(maxsize=64)
+def listed_names(values: tuple[bytes, ...]) -> frozenset[bytes]:
+    """Lowercase names in Connection values; nearly always ``keep-alive`` or ``close``."""
+    return frozenset(n.encode() for n in h.connection_listed(v.decode("latin-1") for v in values))
+
+
 def relayed_lines(upstream: RawHeaders, prepared: Prepared) -> tuple[list[bytes], bool]:
     """Upstream response head -> client response head lines, with the decision applied.
     Also whether the upstream gave a Content-Length (else the client side frames the body)."""
     drop = _HOP_BY_HOP
     listed = [value for lname, _, value in upstream if lname == b"connection"]
     if listed:
-        drop = drop | {n.encode() for n in h.connection_listed(v.decode() for v in listed)}
+        drop = drop | listed_names(tuple(listed))
     decision = prepared.decision
     strip = decision.strip
     lines: list[bytes] = []

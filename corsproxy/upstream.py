@@ -53,10 +53,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.reset()
 
     def reset(self) -> None:
+        timer = getattr(self, "timer", None)
+        if timer is not None:
+            timer.cancel()
         self.head: asyncio.Future[None] | None = None
         self.done: asyncio.Future[None] | None = None
         self.head_only = False
         self.status = 0
+        self.interim = False
         self.reason = b""
         self.headers: RawHeaders = []
         self.length_known = False
@@ -200,7 +204,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
-        if status < 200:
+        self.interim = status < 200
+        if self.interim:
             return  # 100 Continue and other interim answers are not passed on
         self.status = status
         self.keep_alive = self.parser.should_keep_alive()
@@ -229,7 +234,8 @@ class UpstreamConnection(asyncio.Protocol):
                 self.pause_reading()
 
     def on_message_complete(self) -> None:
-        if self.parser.get_status_code() < 200 and not self.head_only:
+        if self.interim:
+            self.interim = False
             return
         self.complete = True
         if self.timer is not None:
@@ -313,10 +319,11 @@ class UpstreamPool:
         return found
 
     def release(self, conn: UpstreamConnection) -> None:
-        if not conn.reusable:
+        reusable = conn.reusable
+        conn.reset()  # also forgets the client: a late resume_writing must not reach it
+        if not reusable:
             conn.close()
             return
-        conn.reset()
         conn.idle_since = time.monotonic()
         self.free.setdefault(conn.key, []).append(conn)
 

@@ -614,9 +614,9 @@ def main() -> int:
     )
     ap.add_argument(
         "--profile-scenario",
-        choices=("get", "preflight"),
+        choices=("get", "preflight", "big"),
         default="get",
-        help="what --profile loads corsproxy with: GET 100 B (default) or preflights",
+        help="what --profile loads corsproxy with: GET 100 B (default), preflights, GET 1 MiB",
     )
     args = ap.parse_args()
     rounds = 1 if args.quick else args.rounds
@@ -698,11 +698,14 @@ def profile(wrk: str, nginx: str, workdir: str, seconds: float, what: str) -> in
     prefix = None if pyspy else [sys.executable, "-m", "cProfile", "-o", prof]
     cp = start_corsproxy(workdir, "corsproxy", free_port(), up, 1, prefix=prefix)
     servers["corsproxy"] = cp
-    url = f"http://127.0.0.1:{cp.port}/small"
+    url = f"http://127.0.0.1:{cp.port}/{'big' if what == 'big' else 'small'}"
+    conns = 16 if what == "big" else 32
     try:
-        run_wrk(wrk, script, url, 32, 1, cp)  # warm-up
+        run_wrk(wrk, script, url, conns, 1, cp)  # warm-up
         if pyspy:
-            name = "profile-preflight.txt" if what == "preflight" else "profile-get-small.txt"
+            name = {"preflight": "profile-preflight.txt", "big": "profile-get-big.txt"}.get(
+                what, "profile-get-small.txt"
+            )
             out = os.path.join(REPO, "benchmarks", name)
             spy = subprocess.Popen(
                 [
@@ -723,13 +726,13 @@ def profile(wrk: str, nginx: str, workdir: str, seconds: float, what: str) -> in
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-            s = run_wrk(wrk, script, url, 32, seconds, cp)
+            s = run_wrk(wrk, script, url, conns, seconds, cp)
             spy.wait(timeout=seconds + 30)
             print(f"under profile: {s.rps:.0f} req/s, {s.cpu_us:.0f} us CPU/request")
             print(f"py-spy folded stacks written to {out}")
             summarise_folded(out)
         else:
-            s = run_wrk(wrk, script, url, 32, seconds, cp)
+            s = run_wrk(wrk, script, url, conns, seconds, cp)
             print(f"under cProfile: {s.rps:.0f} req/s, {s.cpu_us:.0f} us CPU/request")
             cp.stop()
             import pstats

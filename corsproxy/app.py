@@ -107,8 +107,10 @@ class Running:
     async def stop(self) -> None:
         """Stop accepting, let requests in flight finish (timeouts.shutdown), close the pool."""
         timeout = self.proxy.settings.timeouts.shutdown
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         await self.listener.close(timeout)
-        await self.websockets.shutdown(timeout)
+        await self.websockets.shutdown(max(0.0, deadline - loop.time()))
         self.proxy.pool.close()
 
 

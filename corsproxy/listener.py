@@ -63,6 +63,14 @@ KEYED = frozenset(
     }
 )
 
+# What a request head may hold (aiohttp's and nginx's limits are of this order). Past them the
+# answer is 414 or 431 and the connection closes; heads are counted while they arrive, so a
+# client cannot make the proxy buffer or re-parse an endless header line.
+MAX_TARGET = 8 * 1024
+MAX_FIELD = 8 * 1024
+MAX_FIELDS = 100
+MAX_HEAD = 64 * 1024
+
 STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 CHUNKED = b"Transfer-Encoding: chunked\r\n"
@@ -114,6 +122,7 @@ class IncomingRequest:
         "has_body",
         "head_sent",
         "headers",
+        "invalid",
         "keep_alive",
         "keyed",
         "method",
@@ -134,6 +143,7 @@ class IncomingRequest:
         self.target = ""
         self.version = "1.1"
         self.headers: RawHeaders = []
+        self.invalid: tuple[int, str] | None = None  # refused before the proxy decides
         self.fields: dict[bytes, list[bytes]] = {}
         self.keyed: list[bytes] = []  # name, value, name, value... of KEYED headers
         self.keep_alive = True
@@ -195,6 +205,7 @@ class ClientConnection(asyncio.Protocol):
         self.closed = False
         self.last_seen = 0.0
         self.head_began: float | None = None  # a request head is arriving since then
+        self.head_bytes = 0  # received since head_began
 
     # --- asyncio.Protocol
 
@@ -218,12 +229,23 @@ class ClientConnection(asyncio.Protocol):
         parser = self.parser
         if parser is None:
             return
+        if self.head_began is not None:
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD + READ_CHUNK:
+                self.listener.malformed(self, ValueError("request head too large"))
+                self.refuse(431)
+                return
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self.parser = None
             self.upgrade_tail = data[upgrade.args[0] :]
             self.pause("upgrade")
+            upgrading = self.waiting[-1] if self.waiting else self.active
+            if upgrading is not None and upgrading.has_body:
+                # llhttp stops before the body of an upgrade: what follows is not a request,
+                # and must never be read as one (request smuggling).
+                upgrading.keep_alive = False
             if self.active is None and self.waiting:
                 self.dispatch(self.waiting.popleft())
         except httptools.HttpParserCallbackError as exc:
@@ -251,6 +273,7 @@ class ClientConnection(asyncio.Protocol):
         self.request = IncomingRequest()
         self.url_parts = []
         self.head_began = self.last_seen
+        self.head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         self.url_parts.append(url)
@@ -258,6 +281,11 @@ class ClientConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         request = self.request
         assert request is not None
+        if self.head_began is None:
+            return  # a trailer after a chunked body: never a header of the request
+        if len(name) + len(value) > MAX_FIELD or len(request.headers) >= MAX_FIELDS:
+            request.invalid = (431, "request header fields too large")
+            return
         lname = name.lower()
         request.headers.append((lname, name, value))
         if lname in WATCHED:
@@ -282,6 +310,13 @@ class ClientConnection(asyncio.Protocol):
             request.has_body = request.chunked = True
         elif b"content-length" in fields:
             request.has_body = fields[b"content-length"][0].strip() not in (b"0", b"")
+        hosts = fields.get(b"host")
+        if len(request.target) > MAX_TARGET:
+            request.invalid = (414, "request target too long")
+        elif (hosts is None and request.version == "1.1") or (hosts and len(hosts) > 1):
+            request.invalid = (400, "an HTTP/1.1 request needs exactly one Host header")
+        if request.invalid is not None or (request.upgrade and request.has_body):
+            request.keep_alive = False  # what follows cannot be trusted to be a request
         if request.upgrade:
             # llhttp stops at an upgrade; the request is handled once it has (data_received).
             self.waiting.append(request)
@@ -440,7 +475,17 @@ class ClientConnection(asyncio.Protocol):
             self.resume("upgrade")
             if tail:
                 self.data_received(tail)
-        if self.active is None and self.waiting:
+        if self.waiting:
+            # Next turn of the loop, not from here: a long pipeline of requests answered at
+            # once would otherwise nest one call deeper per request.
+            self.listener.loop.call_soon(self.dispatch_waiting)
+        else:
+            self.resume("pipelined")
+
+    def dispatch_waiting(self) -> None:
+        if self.closed or self.active is not None:
+            return
+        if self.waiting:
             self.dispatch(self.waiting.popleft())
         if not self.waiting:
             self.resume("pipelined")
@@ -498,7 +543,14 @@ class ClientConnection(asyncio.Protocol):
         self.parser = None
         if self.transport is None:
             return
-        if self.active is None:
+        active = self.active
+        if active is not None and active.task is not None and self.request is not active:
+            active.keep_alive = False  # finish the answer in progress, then close
+            return
+        if active is not None and active.head_sent:
+            self.transport.close()  # its body was broken: the upstream must not wait for it
+            return
+        if active is None or active.task is None:
             body = b"%s\n" % HTTPStatus(status).phrase.encode()
             self.transport.write(
                 b"".join(
@@ -512,9 +564,7 @@ class ClientConnection(asyncio.Protocol):
                     ]
                 )
             )
-            self.transport.close()
-        else:
-            self.active.keep_alive = False  # finish the answer in progress, then close
+        self.transport.close()
 
 
 class Listener:

@@ -124,6 +124,12 @@ class Proxy:
         memo = self.memo
         if memo.settings is not settings:
             memo = self.memo = Memo(settings)
+        if request.invalid is not None:
+            status, note = request.invalid
+            request.state = Outcome(
+                settings.table.fallback.name, PASSTHROUGH, note=note, started=request.started
+            )
+            return self.error(conn, request, status, note)
         target, path_error, route = memo.route(request)
         websocket = b"upgrade" in request.fields and is_websocket(request)
         prepared = memo.decision(route, request, websocket)
@@ -175,7 +181,7 @@ class Proxy:
             first = up.attach(partial(conn.send, request))
             conn.start_response(request, up.status, up.reason, lines, length_known, has_body, first)
             conn.source = up
-            if conn.write_paused:
+            if conn.write_paused and not up.complete:
                 up.pause_reading()
             if not up.complete:
                 assert up.done is not None
@@ -192,6 +198,16 @@ class Proxy:
                 outcome.note = exc.message
                 status = GATEWAY_TIMEOUT if exc.reason == "timeout" else BAD_GATEWAY
                 self.error(conn, request, status, exc.message)
+        except Exception:
+            # A bug, not the client's or the upstream's fault: logged with its traceback, and
+            # the client still gets an answer (or, mid-body, a cut connection).
+            log.exception("internal error while forwarding %s %s", request.method, target.path)
+            outcome.note = "internal error"
+            if request.head_sent:
+                conn.abort(request)
+            else:
+                request.keep_alive = False
+                self.error(conn, request, 500, "internal error")
         except asyncio.CancelledError:
             # The client hung up (or the server is stopping): the upstream request goes too.
             outcome.note = "client went away" + (" mid-body" if request.head_sent else "")
@@ -231,7 +247,9 @@ class Proxy:
             )
             if request.has_body:
                 expect = request.header(b"expect")
-                if expect is not None and expect.lower() == "100-continue":
+                if expect is not None and expect.lower() == "100-continue" and (
+                    request.version == "1.1"
+                ):
                     conn.write(CONTINUE)
                 conn.attach_body(request, up.send_body, up.end_body)
             try:
@@ -329,7 +347,8 @@ def prepare(decision: Decision) -> Prepared:
     return Prepared(decision, encode(decision_pairs(decision)), answer)
 
 
-MEMO_SIZE = 4096
+MEMO_SIZE = 1024  # entries per table
+MEMO_KEY_BYTES = 1024  # larger keys (long targets, long header values) are not kept
 
 
 class Memo:
@@ -355,9 +374,10 @@ class Memo:
                 found = (None, str(exc), table.fallback)
             else:
                 found = (target, "", table.match(routing_host(host.decode("latin-1")), target.path))
-            if len(self.routes) >= MEMO_SIZE:
-                self.routes.clear()
-            self.routes[key] = found
+            if len(request.target) + len(host) <= MEMO_KEY_BYTES:
+                if len(self.routes) >= MEMO_SIZE:
+                    self.routes.clear()
+                self.routes[key] = found
         return found
 
     def decision(self, route: Route, request: IncomingRequest, websocket: bool) -> Prepared:
@@ -369,9 +389,10 @@ class Memo:
             if route.policy is not None:
                 decision = decide(route.policy, request_facts(request, self.settings, websocket))
             found = prepare(decision)
-            if len(self.decisions) >= MEMO_SIZE:
-                self.decisions.clear()
-            self.decisions[key] = found
+            if sum(map(len, request.keyed)) <= MEMO_KEY_BYTES:
+                if len(self.decisions) >= MEMO_SIZE:
+                    self.decisions.clear()
+                self.decisions[key] = found
         return found
 
 
@@ -417,6 +438,8 @@ def is_websocket(request: IncomingRequest) -> bool:
 def valid_handshake(request: IncomingRequest) -> bool:
     """RFC 6455 4.2.1, the parts a server checks: GET, version 13, a 16-byte key."""
     if request.method != "GET" or request.header(b"sec-websocket-version") != "13":
+        return False
+    if request.has_body:
         return False
     key = request.header(b"sec-websocket-key") or ""
     try:

@@ -40,6 +40,10 @@ class _HeadOnly(Exception):
     """Raised from the parser callback to stop after the head of an answer to HEAD."""
 
 
+class _OutOfTurn(Exception):
+    """Raised from a parser callback on an answer the proxy cannot relay as it is."""
+
+
 class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool, key: str) -> None:
         self.pool = pool
@@ -56,6 +60,8 @@ class UpstreamConnection(asyncio.Protocol):
         timer = getattr(self, "timer", None)
         if timer is not None:
             timer.cancel()
+        if getattr(self, "read_paused", False) and self.transport is not None:
+            self.transport.resume_reading()  # never pooled paused: it would not hear a close
         self.head: asyncio.Future[None] | None = None
         self.done: asyncio.Future[None] | None = None
         self.head_only = False
@@ -193,6 +199,10 @@ class UpstreamConnection(asyncio.Protocol):
     # --- httptools callbacks
 
     def on_message_begin(self) -> None:
+        if self.status:
+            # A second answer to one request (stray bytes after a complete response, or a
+            # body after a 204): never relayed, and the connection is not reused.
+            raise _OutOfTurn
         self.headers = []
         self.reason = b""
 
@@ -200,6 +210,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.status:
+            return  # a trailer after a chunked body: not part of the head already sent
         self.headers.append((name.lower(), name, value))
 
     def on_headers_complete(self) -> None:
@@ -210,10 +222,14 @@ class UpstreamConnection(asyncio.Protocol):
         self.status = status
         self.keep_alive = self.parser.should_keep_alive()
         chunked = False
-        for lname, _, _ in self.headers:
+        for lname, _, value in self.headers:
             if lname == b"content-length":
                 self.length_known = True
             elif lname == b"transfer-encoding":
+                if value.strip().lower() != b"chunked":
+                    # llhttp undoes only the chunking; relaying the rest without its coding
+                    # would hand the client bytes it cannot read.
+                    raise _OutOfTurn
                 chunked = True
         if chunked:
             self.length_known = False

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -1068,3 +1069,224 @@ async def test_ambiguous_request_framing_is_refused_and_never_forwarded(
         assert response.header("Connection") == "close"
         assert await closed_within(reader, 2) == b""
     assert upstream.seen == []
+
+
+# --- what a review of the layer found (each was reproduced before it was fixed) --------------
+
+SMUGGLED = request("GET", "/smuggled")
+UPGRADE_WITH_BODY = [
+    pytest.param("Upgrade: foo", None, 400, id="other-upgrade"),
+    pytest.param("Upgrade: websocket", EVIL, 403, id="websocket-refused-by-cors"),
+    pytest.param("Upgrade: websocket", APP, 400, id="websocket-with-a-body-is-malformed"),
+]
+
+
+@pytest.mark.parametrize(("upgrade", "origin", "status"), UPGRADE_WITH_BODY)
+async def test_body_of_an_upgrade_request_is_never_read_as_a_request(
+    upstream, make_proxy, upgrade, origin, status
+):
+    """llhttp stops at an upgrade before its body; answered by the proxy, the connection must
+    close rather than parse that body as the next request (request smuggling)."""
+    proxy = await make_proxy(CONFIG, upstream=upstream.url)
+    headers = ["Connection: Upgrade", upgrade, "Sec-WebSocket-Version: 13"]
+    headers.append(f"Sec-WebSocket-Key: {WS_KEY}")
+    if origin:
+        headers.append(f"Origin: {origin}")
+    data = request("GET", "/x", *headers, body=SMUGGLED)
+    async with connection(proxy.port) as (reader, writer):
+        writer.write(data)
+        response = await read_response(reader)
+        assert response.status == status
+        assert await closed_within(reader, 2) == b""
+    assert [s.raw_path for s in upstream.seen] == []
+
+
+OVERSIZED = [
+    pytest.param(request("GET", "/" + "a" * 9000), 414, id="target-over-8-KiB"),
+    pytest.param(request("GET", "/x", "X-Big: " + "v" * 9000), 431, id="field-over-8-KiB"),
+    pytest.param(
+        request("GET", "/x", *[f"X-H{n}: v" for n in range(120)]), 431, id="over-100-fields"
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "status"), OVERSIZED)
+async def test_oversized_heads_are_refused(upstream, make_proxy, data, status):
+    proxy = await make_proxy(CONFIG, upstream=upstream.url)
+    async with connection(proxy.port) as (reader, writer):
+        writer.write(data)
+        assert (await read_response(reader)).status == status
+        assert await closed_within(reader, 2) == b""
+    assert upstream.seen == []
+
+
+async def test_endless_header_line_is_cut_off_early(upstream, make_proxy):
+    """A header value that never ends is not buffered: the connection closes after a few
+    hundred KiB instead of growing until timeouts.idle."""
+    proxy = await make_proxy(CONFIG, upstream=upstream.url)
+    sent = 0
+    rest = b""
+    async with connection(proxy.port) as (reader, writer):
+        writer.write(b"GET /x HTTP/1.1\r\nHost: front.test\r\nX-Endless: ")
+        with contextlib.suppress(ConnectionError):  # refused with unread bytes: a reset
+            while sent < 8 * MiB and not reader.at_eof():
+                writer.write(b"v" * 65536)
+                sent += 65536
+                await writer.drain()
+            rest = await closed_within(reader, 5)
+    assert rest == b"" or rest.startswith(b"HTTP/1.1 431 "), rest[:60]
+    assert sent < 4 * MiB, f"the proxy took {sent} bytes of one header line"
+
+
+HOSTS = [
+    pytest.param(b"GET /x HTTP/1.1\r\n\r\n", id="http11-without-host"),
+    pytest.param(b"GET /x HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n", id="two-hosts"),
+]
+
+
+@pytest.mark.parametrize("data", HOSTS)
+async def test_http11_needs_exactly_one_host(upstream, make_proxy, data):
+    """RFC 9112 3.2: a server answers 400 to an HTTP/1.1 request without a Host, or with
+    several (routing and X-Forwarded-Host could otherwise read a different one than a
+    balancer in front)."""
+    proxy = await make_proxy(CONFIG, upstream=upstream.url)
+    async with connection(proxy.port) as (reader, writer):
+        writer.write(data)
+        assert (await read_response(reader)).status == 400
+    assert upstream.seen == []
+
+
+async def test_request_trailers_are_never_headers(upstream, make_proxy):
+    """Trailers of a chunked upload arrive after the head: they must not join the forwarded
+    head, nor the CORS decision."""
+    proxy = await make_proxy(CONFIG, upstream=upstream.url)
+    body = b"5\r\nhello\r\n0\r\nAuthorization: Bearer smuggled\r\nOrigin: https://evil.test\r\n\r\n"
+    data = request("POST", "/x", "Transfer-Encoding: chunked") + body
+    async with connection(proxy.port) as (reader, writer):
+        writer.write(data)
+        response = await read_response(reader)
+    assert response.status == 200
+    (seen,) = upstream.seen
+    assert seen.body == b"hello"
+    assert seen.header("Authorization") is None and seen.header("Origin") is None
+
+
+UPSTREAM_EXTRAS = [
+    pytest.param(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Head: 1\r\n\r\n"
+        b"2\r\nok\r\n0\r\nSet-Cookie: sid=evil\r\n\r\n",
+        200,
+        b"ok",
+        id="trailers-stay-out-of-the-head",
+    ),
+    pytest.param(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Head: 1\r\n\r\nok"
+        b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n",
+        200,
+        b"ok",
+        id="a-second-answer-is-not-relayed",
+    ),
+    pytest.param(
+        b"HTTP/1.1 204 No Content\r\nX-Head: 1\r\n\r\nstray body",
+        204,
+        b"",
+        id="a-204-with-a-body-keeps-its-head",
+    ),
+]
+
+
+@pytest.mark.parametrize(("answer_bytes", "status", "body"), UPSTREAM_EXTRAS)
+async def test_upstream_extra_bytes_never_rewrite_the_answer(
+    raw_upstream, make_proxy, answer_bytes, status, body
+):
+    async def script(up: RawUpstream, reader, writer) -> None:
+        await up.read_request(reader)
+        writer.write(answer_bytes)
+        await writer.drain()
+        await up.until_closed(reader, 3)
+
+    up = await raw_upstream(script)
+    proxy = await make_proxy(CONFIG, upstream=up.url)
+    async with connection(proxy.port) as (reader, writer):
+        writer.write(request("GET", "/x"))
+        response = await read_response(reader)
+        assert (response.status, response.body) == (status, body)
+        assert response.header("X-Head") == "1"
+        assert response.all("Set-Cookie") == []
+        # The connection still carries a next request, answered on a fresh upstream one.
+        writer.write(request("GET", "/y"))
+        assert (await read_response(reader)).status == status
+    assert up.connections == 2, "an upstream connection that misbehaved was reused"
+
+
+async def test_transfer_coding_other_than_chunked_is_502(raw_upstream, make_proxy):
+    """llhttp undoes only the chunking: a gzip transfer coding cannot be relayed as is."""
+
+    async def script(up: RawUpstream, reader, writer) -> None:
+        await up.read_request(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        )
+        await writer.drain()
+        await up.until_closed(reader, 3)
+
+    up = await raw_upstream(script)
+    proxy = await make_proxy(CONFIG, upstream=up.url)
+    async with connection(proxy.port) as (reader, writer):
+        writer.write(request("GET", "/x"))
+        assert (await read_response(reader)).status == 502
+
+
+async def test_long_pipeline_of_local_answers_is_answered_whole(upstream, make_proxy):
+    """Two thousand preflights pipelined behind one forwarded GET: every one answered, in
+    order (answering each from the previous one's completion used to nest too deep)."""
+    proxy = await make_proxy(CONFIG, upstream=upstream.url)
+    count = 2000
+    async with connection(proxy.port) as (reader, writer):
+        writer.write(request("GET", "/first") + preflight("/p") * count)
+        assert (await read_response(reader, timeout=10)).status == 200
+        for _ in range(count):
+            assert (await read_response(reader, timeout=10)).status == 204
+
+
+async def test_upstream_connection_paused_for_a_slow_client_is_not_pooled_paused(
+    raw_upstream, make_proxy
+):
+    """A response already whole in the proxy while the client reads slowly: the upstream
+    connection goes back to the pool reading again, so the next request on it is answered."""
+    big = b"b" * (200 * 1024)  # arrives in one read, and overfills the slow client's pipe
+
+    async def script(up: RawUpstream, reader, writer) -> None:
+        while True:
+            head = await up.read_request(reader)
+            body = big if b" /big " in head else b"small"
+            writer.write(answer("200 OK", body=body))
+            await writer.drain()
+
+    up = await raw_upstream(script)
+    proxy = await make_proxy(CONFIG + "timeouts: {{read: 2}}\n", upstream=up.url)
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a client on a slow link
+    slow.connect(("127.0.0.1", proxy.port))
+    slow.setblocking(False)
+    slow_reader, slow_writer = await asyncio.open_connection(sock=slow, limit=1 << 24)
+    await asyncio.sleep(0.05)
+    # The proxy's end of that connection gets a small send buffer too (loopback's would
+    # otherwise swallow the whole body at once).
+    (proxied,) = [
+        c
+        for c in proxy.listener.connections
+        if c.transport.get_extra_info("peername")[1] == slow.getsockname()[1]
+    ]
+    proxied.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    try:
+        slow_writer.write(request("GET", "/big"))
+        await asyncio.sleep(0.5)  # the proxy has it all; the client has not read yet
+        async with connection(proxy.port) as (reader, writer):
+            writer.write(request("GET", "/small"))
+            response = await read_response(reader)
+            assert (response.status, response.body) == (200, b"small")
+        assert len((await read_response(slow_reader, timeout=10)).body) == len(big)
+        assert up.connections == 1, "the second request did not reuse the pooled connection"
+    finally:
+        slow_writer.close()

@@ -10,6 +10,7 @@ handled at a time per connection, in order; pipelined requests wait with reading
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -77,6 +78,7 @@ CHUNKED = b"Transfer-Encoding: chunked\r\n"
 CLOSE = b"Connection: close\r\n"
 KEEP_ALIVE = b"Connection: keep-alive\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
+SMALL_BODY = 16 * 1024  # copied behind its head into one write; larger ones are not copied
 NO_BODY_STATUSES = frozenset({204, 304})  # never a body, nor a Content-Length (RFC 9110 8.6)
 
 
@@ -406,7 +408,7 @@ class ClientConnection(asyncio.Protocol):
         lines: list[bytes],
         length_known: bool,
         has_body: bool,
-        first: bytes = b"",
+        first: list[bytes] | None = None,
     ) -> None:
         """Write a relayed head (and, when it came with it, the start of the body)."""
         close = self.will_close(request)
@@ -421,19 +423,38 @@ class ClientConnection(asyncio.Protocol):
             request.keep_alive = False
         head = b"".join([status_line(status, reason), *lines, extra, connection, b"\r\n"])
         request.status, request.head_sent = status, True
-        if first:
-            head += self.frame(request, first)
         request.sent += len(head)
-        self.write(head)
+        if not first:
+            self.write(head)
+        elif len(first) == 1 and len(first[0]) <= SMALL_BODY and request.framing != b"chunked":
+            request.sent += len(first[0])
+            self.write(head + first[0])  # a small answer goes out in one write
+        else:
+            self.send(request, first, head)
 
-    def frame(self, request: IncomingRequest, data: bytes) -> bytes:
+    def send(self, request: IncomingRequest, chunks: list[bytes], head: bytes = b"") -> None:
+        """Body chunks, framed, in one writelines: big chunks are passed on, not copied."""
+        if self.transport is None:
+            return
+        out = [head] if head else []
+        chunked = request.framing == b"chunked"
+        for data in chunks:
+            if not data:
+                continue
+            request.sent += len(data)
+            if chunked:
+                size = b"%x\r\n" % len(data)
+                request.sent += len(size) + 2
+                out += (size, data, b"\r\n")
+            else:
+                out.append(data)
+        if out:
+            self.transport.writelines(out)
+
+    def send_one(self, request: IncomingRequest, data: bytes) -> None:
         if request.framing == b"chunked":
-            return b"%x\r\n%s\r\n" % (len(data), data)
-        return data
-
-    def send(self, request: IncomingRequest, data: bytes) -> None:
-        if data and self.transport is not None:
-            data = self.frame(request, data)
+            self.send(request, [data])
+        elif data and self.transport is not None:
             request.sent += len(data)
             self.transport.write(data)
 
@@ -622,4 +643,7 @@ class Listener:
         if self.sweeper is not None:
             self.sweeper.cancel()
         if self.server is not None:
-            await self.server.wait_closed()
+            # Python 3.12+ also waits here for connections handed to another protocol (open
+            # WebSockets), which their own shutdown closes next: do not wait for those.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.server.wait_closed(), 1.0)

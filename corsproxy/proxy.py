@@ -178,7 +178,7 @@ class Proxy:
             outcome.upstream_status = up.status
             lines, length_known = relayed_lines(up.headers, prepared)
             has_body = not (request.method == "HEAD" or up.status in NO_BODY_STATUSES)
-            first = up.attach(partial(conn.send, request))
+            first = up.attach(partial(conn.send_one, request))
             conn.start_response(request, up.status, up.reason, lines, length_known, has_body, first)
             conn.source = up
             if conn.write_paused and not up.complete:

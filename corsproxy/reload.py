@@ -29,7 +29,7 @@ from corsproxy.policy import Settings
 log = logging.getLogger("corsproxy")
 
 POLL_SECONDS = 1.0  # one stat() a second: cheap, and fine for editors and ConfigMap swaps
-SETTLE_SECONDS = 0.05  # a file still being written is read once it stops changing
+SETTLE_SECONDS = 0.2  # a file still being written is read once it stops changing
 # Listener settings are bound at start; a reload keeps the running ones and says so.
 # Each field with the config key it comes from.
 EMPTY_DIGEST = hashlib.sha256(b"").hexdigest()

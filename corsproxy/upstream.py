@@ -120,10 +120,10 @@ class UpstreamConnection(asyncio.Protocol):
         if self.chunked_request and self.transport is not None and not self.closed:
             self.transport.write(b"0\r\n\r\n")
 
-    def attach(self, sink: Callable[[bytes], None]) -> bytes:
+    def attach(self, sink: Callable[[bytes], None]) -> list[bytes]:
         """From now on body chunks go to ``sink``; returns what arrived before."""
         self.sink = sink
-        early, self.early = b"".join(self.early), []
+        early, self.early = self.early, []
         if self.read_paused:
             self.read_paused = False
             if self.transport is not None:

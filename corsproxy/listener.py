@@ -78,6 +78,7 @@ CHUNKED = b"Transfer-Encoding: chunked\r\n"
 CLOSE = b"Connection: close\r\n"
 KEEP_ALIVE = b"Connection: keep-alive\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
+LINGER = 2.0  # seconds a closing connection keeps reading what a client still sends
 SMALL_BODY = 16 * 1024  # copied behind its head into one write; larger ones are not copied
 NO_BODY_STATUSES = frozenset({204, 304})  # never a body, nor a Content-Length (RFC 9110 8.6)
 
@@ -482,8 +483,7 @@ class ClientConnection(asyncio.Protocol):
         if self.closed:
             return
         if not request.keep_alive or self.listener.closing:
-            if self.transport is not None:
-                self.transport.close()
+            self.close_after_answer()
             return
         self.resume("upload")  # the upstream that pushed back on the body is done with it
         if not request.body_complete:
@@ -585,7 +585,24 @@ class ClientConnection(asyncio.Protocol):
                     ]
                 )
             )
-        self.transport.close()
+        self.transport.close()  # bytes that are not HTTP are owed no lingering close
+
+    def close_after_answer(self) -> None:
+        """Close once the answer is out. Closing on a client still sending (a refused upload)
+        makes the kernel reset the connection, which can destroy the answer in flight; so
+        the sending side closes first and what the client still sends is read and dropped
+        for up to LINGER seconds (nginx's lingering close)."""
+        transport = self.transport
+        if transport is None:
+            return
+        if self.request is None or not transport.can_write_eof():
+            transport.close()  # nothing more is coming (or TLS, which cannot half-close)
+            return
+        transport.write_eof()
+        self.parser = None  # whatever still arrives is dropped
+        self.pauses.clear()
+        transport.resume_reading()
+        self.listener.loop.call_later(LINGER, transport.close)
 
 
 class Listener:

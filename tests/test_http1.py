@@ -1290,3 +1290,26 @@ async def test_upstream_connection_paused_for_a_slow_client_is_not_pooled_paused
         assert up.connections == 1, "the second request did not reuse the pooled connection"
     finally:
         slow_writer.close()
+
+
+async def test_refused_upload_on_a_closing_connection_is_not_reset(upstream, make_proxy):
+    """A 403 to a large upload whose client asked to close: the proxy closes its sending side
+    and drops what still arrives (lingering close) instead of resetting the connection under
+    a client that is still sending, which can destroy the answer in flight."""
+    proxy = await make_proxy(CONFIG, upstream=upstream.url)
+    body = b"u" * (16 * MiB)
+    head = request("POST", "/x", f"Origin: {EVIL}", f"Content-Length: {len(body)}", close=True)
+    async with connection(proxy.port) as (reader, writer):
+        writer.write(head)
+
+        async def upload() -> None:
+            for start in range(0, len(body), MiB):
+                writer.write(body[start : start + MiB])
+                await writer.drain()
+
+        sending = asyncio.ensure_future(upload())
+        response = await read_response(reader)
+        await asyncio.wait_for(sending, 5)  # raises ConnectionResetError if the proxy reset
+        assert response.status == 403
+        assert await closed_within(reader, 5) == b""
+    assert upstream.seen == []

@@ -247,8 +247,10 @@ class Proxy:
             )
             if request.has_body:
                 expect = request.header(b"expect")
-                if expect is not None and expect.lower() == "100-continue" and (
-                    request.version == "1.1"
+                if (
+                    expect is not None
+                    and expect.lower() == "100-continue"
+                    and (request.version == "1.1")
                 ):
                     conn.write(CONTINUE)
                 conn.attach_body(request, up.send_body, up.end_body)

@@ -60,7 +60,7 @@ class UpstreamConnection(asyncio.Protocol):
         timer = getattr(self, "timer", None)
         if timer is not None:
             timer.cancel()
-        if getattr(self, "read_paused", False) and self.transport is not None:
+        if getattr(self, "read_paused", False) and self.transport is not None and not self.closed:
             self.transport.resume_reading()  # never pooled paused: it would not hear a close
         self.head: asyncio.Future[None] | None = None
         self.done: asyncio.Future[None] | None = None
@@ -133,13 +133,13 @@ class UpstreamConnection(asyncio.Protocol):
     def pause_reading(self) -> None:
         """The client cannot take more yet (its transport's buffer is full)."""
         self.read_paused = True
-        if self.transport is not None:
+        if self.transport is not None and not self.closed:
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
         self.read_paused = False
         self.last_read = self.loop.time()
-        if self.transport is not None:
+        if self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
     @property

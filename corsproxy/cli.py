@@ -282,6 +282,21 @@ Try these in another terminal (Ctrl-C here stops the demo):
 """
 
 
+def add_page_arguments(parser: argparse.ArgumentParser) -> None:
+    """What the page sets on its fetch(), the same for explain and probe (browser_request)."""
+    parser.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        dest="headers",
+        metavar="'NAME: VALUE'",
+        help="a request header the page sets; repeat for more (a bare NAME has an empty value)",
+    )
+    parser.add_argument(
+        "--credentials", action="store_true", help="credentials: 'include' (cookies, auth)"
+    )
+
+
 # --- explain --------------------------------------------------------------------------------
 
 
@@ -295,17 +310,7 @@ def add_explain_parser(commands: argparse._SubParsersAction[Parser]) -> None:
     explain.add_argument("--origin", required=True, help="the page's origin, or null")
     explain.add_argument("--method", required=True, help="the method the page asks fetch() for")
     explain.add_argument("--path", required=True, help="request path (and query) on the proxy")
-    explain.add_argument(
-        "--header",
-        action="append",
-        default=[],
-        dest="headers",
-        metavar="'NAME: VALUE'",
-        help="a request header the page sets; repeat for more (a bare NAME has an empty value)",
-    )
-    explain.add_argument(
-        "--credentials", action="store_true", help="credentials: 'include' (cookies, auth)"
-    )
+    add_page_arguments(explain)
     explain.add_argument(
         "--host", help="Host the page addresses (default: the config's listen address)"
     )
@@ -379,17 +384,7 @@ def add_probe_parser(commands: argparse._SubParsersAction[Parser]) -> None:
     probe.add_argument(
         "--method", default="GET", help="the method the page asks fetch() for (default GET)"
     )
-    probe.add_argument(
-        "--header",
-        action="append",
-        default=[],
-        dest="headers",
-        metavar="'NAME: VALUE'",
-        help="a request header the page sets; repeat for more",
-    )
-    probe.add_argument(
-        "--credentials", action="store_true", help="credentials: 'include' (cookies, auth)"
-    )
+    add_page_arguments(probe)
     probe.add_argument("--json", action="store_true", help="machine-readable output")
     probe.add_argument(
         "--timeout", type=float, default=10.0, metavar="SECONDS", help="per request (default 10)"

@@ -20,6 +20,7 @@ from typing import Any
 
 from corsproxy import browser
 from corsproxy import headers as h
+from corsproxy.config import BUILTIN_CORS
 from corsproxy.cors import (
     Action,
     Decision,
@@ -36,19 +37,9 @@ from corsproxy.policy import Policy, Route, Settings
 
 Headers = tuple[tuple[str, str], ...]
 
-# The policy keys, in the order a person reads them, with their built-in values (SPEC 3.3).
-BUILTIN = {
-    "allow_origins": [],
-    "allow_methods": ["GET", "HEAD", "POST"],
-    "allow_headers": [],
-    "expose_headers": [],
-    "allow_credentials": False,
-    "max_age": None,
-    "allow_private_network": False,
-    "on_disallowed": "reject",
-    "preflight_status": 204,
-    "report_only": False,
-}
+# The policy keys, in the order a person reads them, with their built-in values (SPEC 3.3),
+# as the effective config shows them (lists).
+BUILTIN = {k: list(v) if isinstance(v, tuple) else v for k, v in BUILTIN_CORS.items()}
 SAFELISTED_RESPONSE_NAMES = (
     "Cache-Control",
     "Content-Language",

@@ -76,6 +76,7 @@ STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) fo
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 CHUNKED = b"Transfer-Encoding: chunked\r\n"
 CLOSE = b"Connection: close\r\n"
+TEXT_PLAIN = b"Content-Type: text/plain; charset=utf-8\r\n"
 KEEP_ALIVE = b"Connection: keep-alive\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
 LINGER = 2.0  # seconds a closing connection keeps reading what a client still sends
@@ -105,6 +106,20 @@ class _Clock:
 
 
 date_line = _Clock.date_line
+
+
+def whole_response(
+    status: int, lines: list[bytes], body: bytes, connection: bytes, head_only: bool
+) -> bytes:
+    """A response the proxy makes itself, head and body in one ``bytes``."""
+    head = [status_line(status), *lines, date_line(), connection]
+    if status in NO_BODY_STATUSES:
+        head.append(b"\r\n")
+    else:
+        head.append(b"Content-Length: %d\r\n\r\n" % len(body))
+        if not head_only:
+            head.append(body)
+    return b"".join(head)
 
 
 def _discard(_: bytes) -> None:
@@ -244,11 +259,6 @@ class ClientConnection(asyncio.Protocol):
             self.parser = None
             self.upgrade_tail = data[upgrade.args[0] :]
             self.pause("upgrade")
-            upgrading = self.waiting[-1] if self.waiting else self.active
-            if upgrading is not None and upgrading.has_body:
-                # llhttp stops before the body of an upgrade: what follows is not a request,
-                # and must never be read as one (request smuggling).
-                upgrading.keep_alive = False
             if self.active is None and self.waiting:
                 self.dispatch(self.waiting.popleft())
         except httptools.HttpParserCallbackError as exc:
@@ -319,7 +329,9 @@ class ClientConnection(asyncio.Protocol):
         elif (hosts is None and request.version == "1.1") or (hosts and len(hosts) > 1):
             request.invalid = (400, "an HTTP/1.1 request needs exactly one Host header")
         if request.invalid is not None or (request.upgrade and request.has_body):
-            request.keep_alive = False  # what follows cannot be trusted to be a request
+            # What follows cannot be trusted to be a request: llhttp stops before the body
+            # of an upgrade, and that body must never be read as one (request smuggling).
+            request.keep_alive = False
         if request.upgrade:
             # llhttp stops at an upgrade; the request is handled once it has (data_received).
             self.waiting.append(request)
@@ -383,15 +395,8 @@ class ClientConnection(asyncio.Protocol):
         self, request: IncomingRequest, status: int, lines: list[bytes], body: bytes
     ) -> None:
         """A whole response made by the proxy, in one write."""
-        head = [status_line(status), *lines, date_line(), self.connection_line(request)]
-        if status in NO_BODY_STATUSES:
-            head.append(b"\r\n")
-            body = b""
-        else:
-            head.append(b"Content-Length: %d\r\n\r\n" % len(body))
-            if request.method != "HEAD":
-                head.append(body)
-        data = b"".join(head)
+        connection = self.connection_line(request)
+        data = whole_response(status, lines, body, connection, request.method == "HEAD")
         request.status, request.sent, request.head_sent = status, len(data), True
         if not request.body_complete and b"expect" in request.fields:
             # The client waits for 100 Continue before sending its body and now never will:
@@ -573,18 +578,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if active is None or active.task is None:
             body = b"%s\n" % HTTPStatus(status).phrase.encode()
-            self.transport.write(
-                b"".join(
-                    [
-                        STATUS_LINES[status],
-                        b"Content-Type: text/plain; charset=utf-8\r\n",
-                        date_line(),
-                        CLOSE,
-                        b"Content-Length: %d\r\n\r\n" % len(body),
-                        body,
-                    ]
-                )
-            )
+            self.transport.write(whole_response(status, [TEXT_PLAIN], body, CLOSE, False))
         self.transport.close()  # bytes that are not HTTP are owed no lingering close
 
     def close_after_answer(self) -> None:

@@ -44,7 +44,6 @@ NOT_FOUND = 404
 BAD_REQUEST = 400
 CLIENT_CLOSED = 499  # nginx's code for a client that hung up before the answer (logs only)
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
-NO_BODY_STATUSES = frozenset({204, 304})
 
 _HOP_BY_HOP = frozenset(name.encode() for name in h.HOP_BY_HOP)
 _ACCESS_CONTROL = h.ACCESS_CONTROL_PREFIX.encode()
@@ -176,10 +175,11 @@ class Proxy:
         try:
             up = await self.send(conn, request, upstream, head, settings)
             outcome.upstream_status = up.status
-            lines, length_known = relayed_lines(up.headers, prepared)
-            has_body = not (request.method == "HEAD" or up.status in NO_BODY_STATUSES)
+            lines = relayed_lines(up.headers, prepared)
             first = up.attach(partial(conn.send_one, request))
-            conn.start_response(request, up.status, up.reason, lines, length_known, has_body, first)
+            conn.start_response(
+                request, up.status, up.reason, lines, up.length_known, not up.no_body, first
+            )
             conn.source = up
             if conn.write_paused and not up.complete:
                 up.pause_reading()
@@ -496,9 +496,9 @@ def listed_names(values: tuple[bytes, ...]) -> frozenset[bytes]:
     return frozenset(n.encode() for n in h.connection_listed(v.decode("latin-1") for v in values))
 
 
-def relayed_lines(upstream: RawHeaders, prepared: Prepared) -> tuple[list[bytes], bool]:
+def relayed_lines(upstream: RawHeaders, prepared: Prepared) -> list[bytes]:
     """Upstream response head -> client response head lines, with the decision applied.
-    Also whether the upstream gave a Content-Length (else the client side frames the body)."""
+    (How the body is framed was worked out as the head was parsed: ``length_known``.)"""
     drop = _HOP_BY_HOP
     listed = [value for lname, _, value in upstream if lname == b"connection"]
     if listed:
@@ -507,19 +507,16 @@ def relayed_lines(upstream: RawHeaders, prepared: Prepared) -> tuple[list[bytes]
     strip = decision.strip
     lines: list[bytes] = []
     vary: list[bytes] = []
-    length_known = chunked = has_date = False
+    has_date = False
     for lname, name, value in upstream:
         if lname in drop:
-            chunked = chunked or lname == b"transfer-encoding"
             continue
         if strip and lname.startswith(_ACCESS_CONTROL):
             continue
         if lname == b"vary":
             vary.append(value)
             continue
-        if lname == b"content-length":
-            length_known = True
-        elif lname == b"date":
+        if lname == b"date":
             has_date = True
         lines.append(b"%s: %s\r\n" % (name, value))
     if not has_date:
@@ -529,7 +526,7 @@ def relayed_lines(upstream: RawHeaders, prepared: Prepared) -> tuple[list[bytes]
         lines.extend(encode(decision_pairs(decision, names, [v.decode("latin-1") for v in vary])))
     else:
         lines.extend(prepared.lines)
-    return lines, length_known and not chunked
+    return lines
 
 
 def decision_pairs(

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from corsproxy.listener import READ_CHUNK, RawHeaders
+from corsproxy.listener import NO_BODY_STATUSES, READ_CHUNK, RawHeaders
 
 if TYPE_CHECKING:
     from corsproxy.listener import ClientConnection
@@ -70,6 +70,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.reason = b""
         self.headers: RawHeaders = []
         self.length_known = False
+        self.no_body = False  # an answer to HEAD, a 204 or a 304
         self.until_close = False
         self.keep_alive = True
         self.complete = False
@@ -233,8 +234,8 @@ class UpstreamConnection(asyncio.Protocol):
                 chunked = True
         if chunked:
             self.length_known = False
-        no_body = self.head_only or status in (204, 304)
-        self.until_close = not (self.length_known or chunked or no_body)
+        self.no_body = self.head_only or status in NO_BODY_STATUSES
+        self.until_close = not (self.length_known or chunked or self.no_body)
         assert self.head is not None
         if not self.head.done():
             self.head.set_result(None)

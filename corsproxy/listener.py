@@ -395,13 +395,13 @@ class ClientConnection(asyncio.Protocol):
         self, request: IncomingRequest, status: int, lines: list[bytes], body: bytes
     ) -> None:
         """A whole response made by the proxy, in one write."""
-        connection = self.connection_line(request)
-        data = whole_response(status, lines, body, connection, request.method == "HEAD")
-        request.status, request.sent, request.head_sent = status, len(data), True
         if not request.body_complete and b"expect" in request.fields:
             # The client waits for 100 Continue before sending its body and now never will:
             # the connection cannot carry another request.
             request.keep_alive = False
+        connection = self.connection_line(request)
+        data = whole_response(status, lines, body, connection, request.method == "HEAD")
+        request.status, request.sent, request.head_sent = status, len(data), True
         self.discard_body(request)
         self.write(data)
         self.finish(request)

@@ -78,3 +78,30 @@ async def test_proxy_made_errors_log_their_reason(make_proxy, client, capsys) ->
         (400, "bad request path: path contains an encoded '/', '\\' or NUL"),
         (502, "upstream unreachable"),
     ]
+
+
+async def test_client_hanging_up_before_the_answer_is_logged_499(upstream, make_proxy, capsys):
+    """Nothing was sent, so no status was: the line says 499 (as nginx logs it) and why."""
+    import asyncio
+
+    from aiohttp import web
+
+    async def slow(request: web.BaseRequest) -> web.StreamResponse:
+        await asyncio.sleep(2)
+        return web.Response(text="late")
+
+    upstream.handler = slow
+    proxy = await make_proxy(CONFIG, upstream=upstream.url, style="json")
+    capsys.readouterr()
+    _, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"GET /slow HTTP/1.1\r\nHost: front.test\r\n\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.3)  # the request is at the upstream
+    writer.close()
+    [line] = await wait_lines(capsys, 1)
+    entry = json.loads(line)
+    assert (entry["status"], entry["reason"], entry["upstream_status"]) == (
+        499,
+        "client went away",
+        None,
+    )

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import pytest
 from aiohttp import WSMsgType, web
 
+from corsproxy import proxy as proxy_module
+from corsproxy.config import parse_settings
 from tests.conftest import parse_head
 
 APP = "https://app.test"
@@ -1313,3 +1315,93 @@ async def test_refused_upload_on_a_closing_connection_is_not_reset(upstream, mak
         assert response.status == 403
         assert await closed_within(reader, 5) == b""
     assert upstream.seen == []
+
+
+async def test_refused_expect_continue_request_says_it_closes(upstream, make_proxy):
+    """Refused before its body was asked for: the client never sends that body, so the
+    connection cannot carry another request, and the answer says so."""
+    proxy = await make_proxy(CONFIG, upstream=upstream.url)
+    head = request(
+        "POST", "/x", f"Origin: {EVIL}", "Expect: 100-continue", "Content-Length: 10"
+    )
+    async with connection(proxy.port) as (reader, writer):
+        writer.write(head)
+        response = await read_response(reader)
+        assert response.status == 403
+        assert response.header("Connection") == "close"
+        assert await closed_within(reader, 2) == b""
+    assert upstream.seen == []
+
+
+async def test_no_100_continue_for_http10_clients(upstream, make_proxy):
+    """RFC 9110 10.1.1: a server must not send 100 Continue to an HTTP/1.0 client."""
+    proxy = await make_proxy(CONFIG, upstream=upstream.url)
+    head = request("POST", "/x", "Expect: 100-continue", "Content-Length: 5", version="1.0")
+    async with connection(proxy.port) as (reader, writer):
+        writer.write(head)
+        with contextlib.suppress(TimeoutError):
+            early = await asyncio.wait_for(reader.read(100), 0.3)
+            pytest.fail(f"the proxy answered before the body: {early!r}")
+        writer.write(b"hello")
+        response = await read_response(reader)
+    assert response.status == 200
+    assert upstream.seen[0].body == b"hello"
+
+
+DATES = [
+    pytest.param((), id="upstream-without-date-gets-one"),
+    pytest.param(("Date: Tue, 01 Jan 2030 00:00:00 GMT",), id="upstream-date-kept"),
+]
+
+
+@pytest.mark.parametrize("headers", DATES)
+async def test_relayed_answer_carries_exactly_one_date(raw_upstream, make_proxy, headers):
+    """RFC 9110 6.6.1: a recipient that forwards an answer without Date adds one."""
+
+    async def script(up: RawUpstream, reader, writer) -> None:
+        await up.read_request(reader)
+        writer.write(answer("200 OK", *headers, body=b"ok"))
+        await writer.drain()
+        await up.until_closed(reader, 3)
+
+    up = await raw_upstream(script)
+    proxy = await make_proxy(CONFIG, upstream=up.url)
+    async with connection(proxy.port) as (reader, writer):
+        writer.write(request("GET", "/x"))
+        response = await read_response(reader)
+    (date,) = response.all("Date")
+    if headers:
+        assert date == "Tue, 01 Jan 2030 00:00:00 GMT"
+    else:
+        assert re.fullmatch(r"\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT", date), date
+
+
+async def test_reloaded_idle_timeout_applies_to_open_connections(upstream, make_proxy):
+    """A reload's timeouts.idle applies at once, to connections already open too."""
+    proxy = await make_proxy(CONFIG, upstream=upstream.url)  # idle: 75 s
+    loop = asyncio.get_running_loop()
+    async with connection(proxy.port) as (reader, writer):
+        writer.write(request("GET", "/x"))
+        assert (await read_response(reader)).status == 200
+        text = "listen: 127.0.0.1:0\n" + IDLE_CONFIG.format(upstream=upstream.url)
+        settings, _ = parse_settings(text, "reloaded.yaml")
+        proxy.apply(settings)
+        started = loop.time()
+        assert await closed_within(reader, 3) == b""
+    assert loop.time() - started <= 2.0
+
+
+async def test_memo_of_decisions_stays_bounded(upstream, make_proxy):
+    """Unique Origins (or huge ones) cannot grow the memo past its size."""
+    proxy = await make_proxy(CONFIG, upstream=upstream.url)
+    memo_size = proxy_module.MEMO_SIZE
+    origins = [f"https://o{n}.test" for n in range(memo_size + 100)]
+    origins.append("https://" + "h" * 2000 + ".test")
+    data = b"".join(preflight("/x", origin) for origin in origins)
+    async with connection(proxy.port) as (reader, writer):
+        writer.write(data)
+        for _ in origins:
+            assert (await read_response(reader, timeout=10)).status == 403
+    memo = proxy.proxy.memo
+    assert 0 < len(memo.decisions) <= memo_size
+    assert all(len(b"".join(key[3:])) <= proxy_module.MEMO_KEY_BYTES for key in memo.decisions)

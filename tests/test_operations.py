@@ -779,3 +779,29 @@ async def test_reload_applies_without_sighup_within_the_poll_interval(
         assert f"origins added: {ORIGIN_B}" in line and f"origins removed: {ORIGIN_A}" in line
         status, head, _ = await served.get("/x", ORIGIN_B)
         assert (status, head.get(ACAO), head.get(ACEH)) == EXPECTED[2][ORIGIN_B]
+
+
+async def test_admin_answers_head_and_refuses_other_methods(tmp_path: Path) -> None:
+    """The admin listener runs on the proxy's own HTTP layer: GET and HEAD on its four
+    paths, 405 with Allow for any other method, 404 elsewhere."""
+    from corsproxy.admin import AdminView, start_admin
+
+    view = AdminView(ready=lambda: False, metrics=lambda: b"m 1\n", config=lambda: {"a": 1})
+    port = free_port()
+    admin = await start_admin(view, "127.0.0.1", port)
+    try:
+        async with aiohttp.ClientSession() as session:
+            base = f"http://127.0.0.1:{port}"
+            async with session.head(base + "/healthz") as resp:
+                assert (resp.status, resp.headers["Content-Length"]) == (200, "3")
+                assert await resp.read() == b""
+            async with session.post(base + "/metrics") as resp:
+                assert (resp.status, resp.headers["Allow"]) == (405, "GET, HEAD")
+            async with session.get(base + "/readyz") as resp:
+                assert (resp.status, await resp.text()) == (503, "not ready\n")
+            async with session.get(base + "/config?x=1") as resp:
+                assert (resp.status, await resp.json()) == (200, {"a": 1})
+            async with session.get(base + "/metrics") as resp:
+                assert (resp.status, await resp.read()) == (200, b"m 1\n")
+    finally:
+        await admin.cleanup()

@@ -225,6 +225,19 @@ async def raw_upstream() -> AsyncIterator[Callable[[Script], Awaitable[RawUpstre
         await server.wait_closed()
 
 
+def answers_once(data: bytes, limit: float = 10) -> Script:
+    """An upstream script: read one request, send ``data``, then stay open until the proxy
+    closes, or ``limit`` seconds (so whatever the client sees comes from the bytes alone)."""
+
+    async def script(up: RawUpstream, reader, writer) -> None:
+        await up.read_request(reader)
+        writer.write(data)
+        await writer.drain()
+        await up.until_closed(reader, limit)
+
+    return script
+
+
 def answer(status: str, *headers: str, body: bytes = b"") -> bytes:
     lines = [f"HTTP/1.1 {status}", *headers]
     if body:
@@ -481,12 +494,7 @@ async def test_upstream_interim_responses_are_not_relayed(raw_upstream, make_pro
 async def test_expect_100_continue_gets_exactly_one_100(raw_upstream, make_proxy):
     """The proxy answers the client's Expect itself; the upstream's own 100 is not relayed."""
 
-    async def script(up: RawUpstream, reader, writer) -> None:
-        await up.read_request(reader)
-        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + FINAL)
-        await up.until_closed(reader)
-
-    up = await raw_upstream(script)
+    up = await raw_upstream(answers_once(b"HTTP/1.1 100 Continue\r\n\r\n" + FINAL))
     proxy = await make_proxy(CONFIG, upstream=up.url)
     async with connection(proxy.port) as (reader, writer):
         writer.write(request("PUT", "/x", "Content-Length: 7", "Expect: 100-continue"))
@@ -744,12 +752,7 @@ GARBAGE = [
 
 @pytest.mark.parametrize("garbage", GARBAGE)
 async def test_upstream_garbage_is_502_with_a_text_reason(raw_upstream, make_proxy, garbage):
-    async def script(up: RawUpstream, reader, writer) -> None:
-        await up.read_request(reader)
-        writer.write(garbage)
-        await up.until_closed(reader)  # stays open: the 502 must come from the bytes alone
-
-    up = await raw_upstream(script)
+    up = await raw_upstream(answers_once(garbage))  # stays open: the 502 is the bytes' doing
     proxy = await make_proxy(CONFIG + "timeouts: {{read: 5}}\n", upstream=up.url)
     async with connection(proxy.port) as (reader, writer):
         writer.write(request("GET", "/x", close=True))
@@ -1201,13 +1204,7 @@ UPSTREAM_EXTRAS = [
 async def test_upstream_extra_bytes_never_rewrite_the_answer(
     raw_upstream, make_proxy, answer_bytes, status, body
 ):
-    async def script(up: RawUpstream, reader, writer) -> None:
-        await up.read_request(reader)
-        writer.write(answer_bytes)
-        await writer.drain()
-        await up.until_closed(reader, 3)
-
-    up = await raw_upstream(script)
+    up = await raw_upstream(answers_once(answer_bytes, limit=3))
     proxy = await make_proxy(CONFIG, upstream=up.url)
     async with connection(proxy.port) as (reader, writer):
         writer.write(request("GET", "/x"))
@@ -1224,15 +1221,11 @@ async def test_upstream_extra_bytes_never_rewrite_the_answer(
 async def test_transfer_coding_other_than_chunked_is_502(raw_upstream, make_proxy):
     """llhttp undoes only the chunking: a gzip transfer coding cannot be relayed as is."""
 
-    async def script(up: RawUpstream, reader, writer) -> None:
-        await up.read_request(reader)
-        writer.write(
+    up = await raw_upstream(
+        answers_once(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
         )
-        await writer.drain()
-        await up.until_closed(reader, 3)
-
-    up = await raw_upstream(script)
+    )
     proxy = await make_proxy(CONFIG, upstream=up.url)
     async with connection(proxy.port) as (reader, writer):
         writer.write(request("GET", "/x"))
@@ -1321,9 +1314,7 @@ async def test_refused_expect_continue_request_says_it_closes(upstream, make_pro
     """Refused before its body was asked for: the client never sends that body, so the
     connection cannot carry another request, and the answer says so."""
     proxy = await make_proxy(CONFIG, upstream=upstream.url)
-    head = request(
-        "POST", "/x", f"Origin: {EVIL}", "Expect: 100-continue", "Content-Length: 10"
-    )
+    head = request("POST", "/x", f"Origin: {EVIL}", "Expect: 100-continue", "Content-Length: 10")
     async with connection(proxy.port) as (reader, writer):
         writer.write(head)
         response = await read_response(reader)
@@ -1358,13 +1349,7 @@ DATES = [
 async def test_relayed_answer_carries_exactly_one_date(raw_upstream, make_proxy, headers):
     """RFC 9110 6.6.1: a recipient that forwards an answer without Date adds one."""
 
-    async def script(up: RawUpstream, reader, writer) -> None:
-        await up.read_request(reader)
-        writer.write(answer("200 OK", *headers, body=b"ok"))
-        await writer.drain()
-        await up.until_closed(reader, 3)
-
-    up = await raw_upstream(script)
+    up = await raw_upstream(answers_once(answer("200 OK", *headers, body=b"ok")))
     proxy = await make_proxy(CONFIG, upstream=up.url)
     async with connection(proxy.port) as (reader, writer):
         writer.write(request("GET", "/x"))

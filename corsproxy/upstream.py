@@ -54,13 +54,15 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.reused = False
         self.idle_since = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.read_paused = False
         self.reset()
 
     def reset(self) -> None:
-        timer = getattr(self, "timer", None)
-        if timer is not None:
-            timer.cancel()
-        if getattr(self, "read_paused", False) and self.transport is not None and not self.closed:
+        """Forget the exchange: ready for the next one (or to be closed)."""
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.read_paused and self.transport is not None and not self.closed:
             self.transport.resume_reading()  # never pooled paused: it would not hear a close
         self.head: asyncio.Future[None] | None = None
         self.done: asyncio.Future[None] | None = None
@@ -83,7 +85,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.read_paused = False
         self.read_timeout = 0.0
         self.last_read = 0.0
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer = None
 
     # --- the exchange, driven by the proxy
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from corsproxy.listener import ClientConnection, IncomingRequest, Listener
+from corsproxy.listener import TEXT_PLAIN, ClientConnection, Exchange, Listener
 from corsproxy.metrics import CONTENT_TYPE
 
 TEXT = "text/plain; charset=utf-8"
@@ -51,7 +51,11 @@ class AdminServer:
         self.view = view
         self.listener = Listener(self.handle, _ignore, _ignore, IDLE)
 
-    def handle(self, request: IncomingRequest, conn: ClientConnection) -> None:
+    def handle(self, request: Exchange, conn: ClientConnection) -> None:
+        if request.invalid is not None:  # refused by the listener (malformed, over a limit)
+            status, reason = request.invalid
+            conn.answer(request, status, [TEXT_PLAIN], f"{reason}\n".encode())
+            return
         status, content_type, body = admin_answer(self.view, request.method, request.target)
         lines = [f"Content-Type: {content_type}\r\n".encode()]
         if status == 405:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from corsproxy.admin import AdminView, start_admin
-from corsproxy.listener import ClientConnection, IncomingRequest, Listener
+from corsproxy.listener import ClientConnection, Exchange, Listener
 from corsproxy.metrics import ReloadMetrics, RequestMetrics, exposition
 from corsproxy.policy import Settings
 from corsproxy.proxy import HandOff, Proxy
@@ -69,7 +69,7 @@ class WebSockets:
         self.proxy = proxy
         self.loaded: Any = None
 
-    def take(self, request: IncomingRequest, conn: ClientConnection, handoff: HandOff) -> None:
+    def take(self, request: Exchange, conn: ClientConnection, handoff: HandOff) -> None:
         if self.loaded is None:
             from corsproxy.websocket import WebSocketProxy, make_session
 
@@ -102,6 +102,7 @@ class Running:
         """Swap in reloaded rules and timeouts; requests in flight keep the old ones."""
         self.proxy.settings = settings
         self.listener.idle = settings.timeouts.idle
+        self.listener.send_timeout = settings.timeouts.send
         self.proxy.pool.idle = settings.timeouts.idle
 
     async def stop(self) -> None:
@@ -124,7 +125,8 @@ async def start(
     proxy = Proxy(settings, pool, metrics)
     websockets = WebSockets(proxy)
     proxy.hand_off = websockets.take
-    listener = Listener(proxy.handle, proxy.finished, proxy.malformed, settings.timeouts.idle)
+    timeouts = settings.timeouts
+    listener = Listener(proxy.handle, proxy.finished, proxy.malformed, timeouts.idle, timeouts.send)
     listener.sweepers.append(pool.sweep)
     try:
         port = await listener.start(

@@ -2,9 +2,14 @@
 written straight to the transport.
 
 aiohttp's server builds a request object, a header multidict, a URL and a response object
-for every request; a proxy needs none of them. Here a request is its raw header triples plus
-the few fields the proxy reads, and a response is bytes the proxy assembled. One request is
-handled at a time per connection, in order; pipelined requests wait with reading paused.
+for every request; a proxy needs none of them. Here each request/response cycle is one
+``Exchange``: the raw header triples and the few fields the proxy reads, how the body flows,
+and what was sent back. One exchange is answered at a time per connection, in order;
+pipelined requests wait with reading paused.
+
+What a peer may send is bounded as it arrives (``wire``'s limits), every refusal is an
+exchange answered through the proxy (so it is logged and counted like any other), and a
+connection ends along one path, ``ClientConnection.close``, with a reason.
 """
 
 from __future__ import annotations
@@ -17,9 +22,12 @@ from collections import deque
 from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any
+from typing import Any, NoReturn
 
 import httptools
+
+from corsproxy import wire
+from corsproxy.wire import NO_BODY_STATUSES, Body, Framing, Refusal
 
 log = logging.getLogger("corsproxy")
 
@@ -28,7 +36,7 @@ READ_CHUNK = 256 * 1024
 
 RawHeaders = list[tuple[bytes, bytes, bytes]]  # (lowercase name, name as sent, value)
 
-# Read into IncomingRequest.fields (lowercase name -> every value), for the proxy's decisions.
+# Read into Exchange.fields (lowercase name -> every value), for the proxy's decisions.
 WATCHED = frozenset(
     {
         b"host",
@@ -64,24 +72,15 @@ KEYED = frozenset(
     }
 )
 
-# What a request head may hold (aiohttp's and nginx's limits are of this order). Past them the
-# answer is 414 or 431 and the connection closes; heads are counted while they arrive, so a
-# client cannot make the proxy buffer or re-parse an endless header line.
-MAX_TARGET = 8 * 1024
-MAX_FIELD = 8 * 1024
-MAX_FIELDS = 100
-MAX_HEAD = 64 * 1024
-
 STATUS_LINES = {s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in HTTPStatus}
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-CHUNKED = b"Transfer-Encoding: chunked\r\n"
 CLOSE = b"Connection: close\r\n"
 TEXT_PLAIN = b"Content-Type: text/plain; charset=utf-8\r\n"
 KEEP_ALIVE = b"Connection: keep-alive\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
 LINGER = 2.0  # seconds a closing connection keeps reading what a client still sends
 SMALL_BODY = 16 * 1024  # copied behind its head into one write; larger ones are not copied
-NO_BODY_STATUSES = frozenset({204, 304})  # never a body, nor a Content-Length (RFC 9110 8.6)
+LOGGED_TARGET = 256  # characters of an over-long target kept for the log line
 
 
 def status_line(status: int, reason: bytes = b"") -> bytes:
@@ -126,15 +125,56 @@ def _discard(_: bytes) -> None:
     pass
 
 
-class IncomingRequest:
-    """One request as read off the wire. Its body flows to ``sink`` once the proxy attaches
-    one; until then chunks wait here (reading pauses past READ_CHUNK)."""
+class _Stop(Exception):
+    """Raised from a parser callback to stop parsing on purpose (a refusal, or a request
+    pipelined behind one that closes the connection)."""
+
+
+class ReadPauses:
+    """Reading from one transport, paused while any named reason holds: the one flow-control
+    primitive of both legs (a client pushing back on a response, an upstream on an upload,
+    a pipelined request waiting its turn)."""
+
+    __slots__ = ("reasons", "transport")
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.reasons: set[str] = set()
+
+    def pause(self, reason: str) -> None:
+        if not self.reasons and self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self.reasons.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason in self.reasons:
+            self.reasons.discard(reason)
+            if not self.reasons:
+                self._resume()
+
+    def clear(self) -> None:
+        if self.reasons:
+            self.reasons.clear()
+            self._resume()
+
+    def _resume(self) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+
+class Exchange:
+    """One request and its answer. The listener fills in the request and owns the framing
+    both ways; the proxy sets ``task`` and ``outcome``; ``status``, ``sent`` and
+    ``head_sent`` say what went back. Until the proxy attaches a ``sink``, body chunks wait
+    here (reading pauses past READ_CHUNK)."""
 
     __slots__ = (
         "body_complete",
+        "body_error",
         "buffered",
-        "chunked",
         "chunks",
+        "close_reason",
         "fields",
         "framing",
         "has_body",
@@ -144,11 +184,13 @@ class IncomingRequest:
         "keep_alive",
         "keyed",
         "method",
+        "on_body_broken",
         "on_body_end",
+        "outcome",
+        "response_framing",
         "sent",
         "sink",
         "started",
-        "state",
         "status",
         "target",
         "task",
@@ -161,25 +203,28 @@ class IncomingRequest:
         self.target = ""
         self.version = "1.1"
         self.headers: RawHeaders = []
-        self.invalid: tuple[int, str] | None = None  # refused before the proxy decides
+        self.invalid: Refusal | None = None  # refused before the proxy decides anything
         self.fields: dict[bytes, list[bytes]] = {}
         self.keyed: list[bytes] = []  # name, value, name, value... of KEYED headers
-        self.keep_alive = True
+        self.framing: Framing = wire.NO_BODY  # of the request body
         self.has_body = False
-        self.chunked = False
         self.upgrade = False
+        self.keep_alive = True
+        self.close_reason = ""
         self.chunks: list[bytes] = []
         self.buffered = 0
         self.body_complete = False
+        self.body_error: Refusal | None = None  # the body broke after the head was handled
         self.sink: Callable[[bytes], None] | None = None
         self.on_body_end: Callable[[], None] | None = None
+        self.on_body_broken: Callable[[Refusal], None] | None = None
         self.started = time.perf_counter()
         self.status = 0  # of the response, once its head is sent
         self.sent = 0  # bytes written to the client, response head included
         self.head_sent = False
-        self.framing = b""  # b"chunked", b"close" or b"" (length known or no body)
+        self.response_framing: Framing = wire.NO_BODY
         self.task: asyncio.Task[None] | None = None
-        self.state: Any = None  # the proxy's own bookkeeping (route, decision, notes)
+        self.outcome: Any = None  # the proxy's record of the exchange (route, decision, notes)
 
     def header(self, lname: bytes) -> str | None:
         values = self.fields.get(lname)
@@ -187,6 +232,12 @@ class IncomingRequest:
 
     def header_all(self, lname: bytes) -> list[str]:
         return [v.decode("latin-1") for v in self.fields.get(lname, ())]
+
+    def close_after(self, reason: str) -> None:
+        """The connection carries no further exchange after this one."""
+        if self.keep_alive:
+            self.keep_alive = False
+            self.close_reason = reason
 
     def raw_head(self) -> bytes:
         """The head as received (modulo whitespace), to hand the connection to another parser."""
@@ -199,8 +250,8 @@ class IncomingRequest:
         return b"".join(lines)
 
 
-Handler = Callable[["IncomingRequest", "ClientConnection"], None]
-Finished = Callable[["IncomingRequest", "ClientConnection"], None]
+Handler = Callable[["Exchange", "ClientConnection"], None]
+Finished = Callable[["Exchange", "ClientConnection"], None]
 
 
 class ClientConnection(asyncio.Protocol):
@@ -211,24 +262,34 @@ class ClientConnection(asyncio.Protocol):
         self.listener = listener
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
+        self.pauses = ReadPauses()
         self.peer = ""
-        self.request: IncomingRequest | None = None  # being parsed
-        self.active: IncomingRequest | None = None  # being answered
-        self.waiting: deque[IncomingRequest] = deque()  # parsed, not yet answered
+        self.exchange: Exchange | None = None  # being parsed (head, then body)
+        self.active: Exchange | None = None  # being answered
+        self.waiting: deque[Exchange] = deque()  # parsed, not yet answered
         self.url_parts: list[bytes] = []
-        self.pauses: set[str] = set()
+        self.url_size = 0
+        self.head_size = 0  # bytes of the head being parsed, counted as fields complete
+        self.in_head = False  # a request head is arriving
+        self.trailer_size = 0
+        self.trailer_fields = 0
+        self.progress = 0  # bumped whenever the parser finishes something
+        self.stall = 0  # bytes fed since it last did
         self.write_paused = False
+        self.send_timer: asyncio.TimerHandle | None = None
         self.source: Any = None  # has pause_/resume_reading: paused when the client reads slowly
         self.upgrade_tail: bytes | None = None
-        self.closed = False
+        self.closed = False  # the transport is gone (or handed to another protocol)
+        self.closing = ""  # why the proxy is closing this connection, once it is
+        self.last_request = False  # a request said it is the last: what follows is dropped
+        self.unread = False  # a refusal stopped reading mid-request
         self.last_seen = 0.0
         self.head_began: float | None = None  # a request head is arriving since then
-        self.head_bytes = 0  # received since head_began
 
     # --- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = self.pauses.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else ""
         self.last_seen = self.listener.loop.time()
@@ -238,6 +299,7 @@ class ClientConnection(asyncio.Protocol):
         self.closed = True
         self.listener.connections.discard(self)
         self.waiting.clear()
+        self.stop_send_timer()
         active = self.active
         if active is not None and active.task is not None:
             active.task.cancel()  # frees the upstream connection at once
@@ -246,259 +308,381 @@ class ClientConnection(asyncio.Protocol):
         self.last_seen = self.listener.loop.time()
         parser = self.parser
         if parser is None:
-            return
-        if self.head_began is not None:
-            self.head_bytes += len(data)
-            if self.head_bytes > MAX_HEAD + READ_CHUNK:
-                self.listener.malformed(self, ValueError("request head too large"))
-                self.refuse(431)
-                return
+            return  # closing, or handed over: nothing more is read as a request
+        progress = self.progress
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self.parser = None
             self.upgrade_tail = data[upgrade.args[0] :]
-            self.pause("upgrade")
+            self.pauses.pause("upgrade")
             if self.active is None and self.waiting:
                 self.dispatch(self.waiting.popleft())
+            return
         except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _Stop):
+                return  # stopped on purpose; the refusal (if any) is already queued
             # One of the callbacks below (or the proxy they call) failed: a bug, not the
             # client's fault. Logged with its traceback; the client gets a 500.
             log.error("internal error while handling a request", exc_info=exc.__context__)
-            self.refuse(500)
+            self.refuse(500, "internal error")
+            return
         except httptools.HttpParserError as exc:
-            self.listener.malformed(self, exc)
-            self.refuse(400)
+            self.refuse(400, f"malformed request: {exc}")
+            return
+        if self.progress != progress:
+            self.stall = 0
+            return
+        # Nothing finished in this whole read: a field, target or chunk line still growing
+        # inside the parser. Bounded here, since the parser would buffer it without end.
+        self.stall += len(data)
+        if self.stall > wire.MAX_STALL and self.parser is not None:
+            if self.in_head or self.exchange is None:
+                self.refuse(431, f"a request header line over {self.stall} bytes")
+            else:
+                self.refuse(400, f"a chunk line or trailer field over {self.stall} bytes")
 
     def pause_writing(self) -> None:
+        """The client reads slower than the proxy writes: stop producing for it (upstream
+        reads, and further requests) and start the ``timeouts.send`` clock."""
         self.write_paused = True
+        self.pauses.pause("writing")
         if self.source is not None:
             self.source.pause_reading()
+        if self.send_timer is None:
+            self.send_timer = self.listener.loop.call_later(
+                self.listener.send_timeout, self.send_timed_out
+            )
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.stop_send_timer()
+        self.pauses.resume("writing")
         if self.source is not None:
             self.source.resume_reading()
+
+    def stop_send_timer(self) -> None:
+        if self.send_timer is not None:
+            self.send_timer.cancel()
+            self.send_timer = None
+
+    def send_timed_out(self) -> None:
+        self.send_timer = None
+        if self.write_paused and not self.closed:
+            self.close("client accepted no bytes for timeouts.send", abort=True)
 
     # --- httptools callbacks
 
     def on_message_begin(self) -> None:
-        self.request = IncomingRequest()
+        if self.last_request or self.closing:
+            # Pipelined behind a request that closes the connection: never handled.
+            log.debug("dropped a request pipelined behind a closing one from %s", self.peer)
+            self.parser = None
+            raise _Stop
+        self.exchange = Exchange()
         self.url_parts = []
+        self.url_size = self.head_size = self.trailer_size = self.trailer_fields = 0
+        self.in_head = True
         self.head_began = self.last_seen
-        self.head_bytes = 0
+        self.progress += 1
 
     def on_url(self, url: bytes) -> None:
         self.url_parts.append(url)
+        self.url_size += len(url)
+        self.progress += 1
+        if self.url_size > wire.MAX_TARGET:
+            self.stop(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        request = self.request
-        assert request is not None
-        if self.head_began is None:
-            return  # a trailer after a chunked body: never a header of the request
-        if len(name) + len(value) > MAX_FIELD or len(request.headers) >= MAX_FIELDS:
-            request.invalid = (431, "request header fields too large")
+        self.progress += 1
+        size = len(name) + len(value) + 4  # ": " and CRLF
+        if not self.in_head:
+            # A trailer after a chunked body: counted, bounded, never a header (RFC 9112 7.1.2).
+            self.trailer_size += size
+            self.trailer_fields += 1
+            if (
+                self.trailer_size > wire.MAX_TRAILER
+                or self.trailer_fields > wire.MAX_TRAILER_FIELDS
+            ):
+                self.stop(431, "request trailer section too large")
             return
+        exchange = self.exchange
+        assert exchange is not None
+        self.head_size += size
+        if size > wire.MAX_FIELD or len(exchange.headers) >= wire.MAX_FIELDS:
+            self.stop(431, "request header fields too large")
+        if self.head_size + self.url_size > wire.MAX_HEAD:
+            self.stop(431, "request head too large")
         lname = name.lower()
-        request.headers.append((lname, name, value))
+        if wire.dropped_request_field(lname):
+            return
+        exchange.headers.append((lname, name, value))
         if lname in WATCHED:
-            request.fields.setdefault(lname, []).append(value)
+            exchange.fields.setdefault(lname, []).append(value)
             if lname in KEYED:
-                request.keyed += (lname, value)
+                exchange.keyed += (lname, value)
 
     def on_headers_complete(self) -> None:
-        request = self.request
+        exchange = self.exchange
         parser = self.parser
-        assert request is not None and parser is not None
+        assert exchange is not None and parser is not None
+        self.in_head = False
         self.head_began = None
-        if self.transport is None or self.transport.is_closing():
-            return  # pipelined behind a response that closes the connection
-        request.method = parser.get_method().decode()
-        request.target = b"".join(self.url_parts).decode("latin-1")
-        request.version = parser.get_http_version()
-        request.keep_alive = parser.should_keep_alive()
-        request.upgrade = parser.should_upgrade()
-        fields = request.fields
-        if b"transfer-encoding" in fields:
-            request.has_body = request.chunked = True
-        elif b"content-length" in fields:
-            request.has_body = fields[b"content-length"][0].strip() not in (b"0", b"")
-        hosts = fields.get(b"host")
-        if len(request.target) > MAX_TARGET:
-            request.invalid = (414, "request target too long")
-        elif (hosts is None and request.version == "1.1") or (hosts and len(hosts) > 1):
-            request.invalid = (400, "an HTTP/1.1 request needs exactly one Host header")
-        if request.invalid is not None or (request.upgrade and request.has_body):
+        self.progress += 1
+        exchange.method = method = parser.get_method().decode()
+        exchange.target = b"".join(self.url_parts).decode("latin-1")
+        exchange.version = version = parser.get_http_version()
+        fields = exchange.fields
+        te = fields.get(b"transfer-encoding")
+        refusal = wire.refuse_request(method, version, len(fields.get(b"host", ())), te)
+        if refusal is not None:
+            self.stop(*refusal)
+        exchange.keep_alive = wire.keep_alive(
+            version, wire.connection_tokens(fields.get(b"connection", ()))
+        )
+        exchange.framing = framing = wire.request_framing(te, fields.get(b"content-length"))
+        exchange.has_body = framing.body is Body.CHUNKED or framing.length > 0
+        exchange.upgrade = parser.should_upgrade()
+        if exchange.upgrade and exchange.has_body:
             # What follows cannot be trusted to be a request: llhttp stops before the body
             # of an upgrade, and that body must never be read as one (request smuggling).
-            request.keep_alive = False
-        if request.upgrade:
+            exchange.close_after("an upgrade request with a body")
+        if not exchange.keep_alive:
+            self.last_request = True
+        if exchange.upgrade:
             # llhttp stops at an upgrade; the request is handled once it has (data_received).
-            self.waiting.append(request)
+            self.waiting.append(exchange)
         elif self.active is None and not self.waiting:
-            self.dispatch(request)
+            self.dispatch(exchange)
         else:
-            self.waiting.append(request)
-            self.pause("pipelined")
+            self.waiting.append(exchange)
+            self.pauses.pause("pipelined")
 
     def on_body(self, data: bytes) -> None:
-        request = self.request
-        assert request is not None
-        if request.sink is not None:
-            request.sink(data)
+        self.progress += 1
+        exchange = self.exchange
+        assert exchange is not None
+        if exchange.sink is not None:
+            exchange.sink(data)
             return
-        request.chunks.append(data)
-        request.buffered += len(data)
-        if request.buffered > READ_CHUNK:
-            self.pause("body")
+        exchange.chunks.append(data)
+        exchange.buffered += len(data)
+        if exchange.buffered > READ_CHUNK:
+            self.pauses.pause("body")
+
+    def on_chunk_header(self) -> None:
+        self.progress += 1
 
     def on_message_complete(self) -> None:
-        request = self.request
-        assert request is not None
-        request.body_complete = True
-        self.request = None
-        if request.on_body_end is not None:
-            request.on_body_end()
+        exchange = self.exchange
+        assert exchange is not None
+        self.progress += 1
+        exchange.body_complete = True
+        self.exchange = None
+        if exchange.on_body_end is not None:
+            exchange.on_body_end()
+
+    # --- refusals
+
+    def stop(self, status: int, reason: str) -> NoReturn:
+        """From a parser callback: refuse, and stop the parser where it is."""
+        self.refuse(status, reason)
+        raise _Stop
+
+    def refuse(self, status: int, reason: str) -> None:
+        """The request being read cannot be read on (malformed, over a limit, or of a kind
+        the proxy does not serve): nothing more is read from this connection, and the
+        request is answered ``status`` in its turn (through the proxy, so logged and
+        counted), then the connection closes."""
+        parser, self.parser = self.parser, None
+        if self.closing or parser is None:
+            return  # already answered and closing (or handed over): nothing is owed
+        self.unread = True  # the client may still be sending: close it lingering
+        self.pauses.pause("refused")
+        self.listener.malformed(self, f"{status} {reason}")
+        exchange, self.exchange = self.exchange, None
+        refusal = Refusal(status, reason)
+        if exchange is None or self.in_head or not self.is_known(exchange):
+            # Its head was not complete: answer it as a refusal in its turn.
+            if exchange is None:
+                exchange = Exchange()
+            if self.in_head:
+                target = b"".join(self.url_parts).decode("latin-1")
+                exchange.target = target[:LOGGED_TARGET]
+                with contextlib.suppress(httptools.HttpParserError):
+                    exchange.method = parser.get_method().decode()
+            self.in_head = False
+            exchange.invalid = refusal
+            exchange.close_after(reason)
+            if self.active is None and not self.waiting:
+                self.dispatch(exchange)
+            else:
+                self.waiting.append(exchange)
+            return
+        # Its head was handled (or waits its turn) and its body broke: the exchange fails.
+        exchange.close_after(reason)
+        exchange.body_error = refusal
+        if exchange is not self.active:
+            if exchange in self.waiting:
+                exchange.invalid = refusal  # answered instead when its turn comes
+            elif self.active is None:
+                self.close(reason)  # already answered: nothing is owed
+            return
+        if exchange.on_body_broken is not None:
+            exchange.on_body_broken(refusal)  # the proxy answers it, or cuts the connection
+        elif exchange.task is None and not exchange.head_sent:
+            # The proxy failed while handling the head (an internal error): answer here.
+            body = b"%s\n" % HTTPStatus(status).phrase.encode()
+            self.answer(exchange, status, [TEXT_PLAIN], body)
+
+    def is_known(self, exchange: Exchange) -> bool:
+        return exchange is self.active or exchange in self.waiting or exchange.outcome is not None
 
     # --- used by the proxy
 
     def attach_body(
-        self, request: IncomingRequest, sink: Callable[[bytes], None], end: Callable[[], None]
+        self,
+        exchange: Exchange,
+        sink: Callable[[bytes], None],
+        end: Callable[[], None],
+        broken: Callable[[Refusal], None],
     ) -> None:
-        """Send the request body to ``sink`` from now on; ``end`` when it is complete."""
-        chunks, request.chunks, request.buffered = request.chunks, [], 0
-        request.sink, request.on_body_end = sink, end
+        """Send the request body to ``sink`` from now on; ``end`` when it is complete,
+        ``broken`` if it turns out malformed or stalls."""
+        chunks, exchange.chunks, exchange.buffered = exchange.chunks, [], 0
+        exchange.sink, exchange.on_body_end, exchange.on_body_broken = sink, end, broken
         for chunk in chunks:
             sink(chunk)
-        self.resume("body")
-        if request.body_complete:
+        self.pauses.resume("body")
+        if exchange.body_complete:
             end()
+        elif exchange.body_error is not None:
+            broken(exchange.body_error)
 
-    def discard_body(self, request: IncomingRequest) -> None:
-        request.chunks, request.buffered, request.on_body_end = [], 0, None
-        request.sink = _discard
-        self.resume("body")
+    def discard_body(self, exchange: Exchange) -> None:
+        exchange.chunks, exchange.buffered = [], 0
+        exchange.on_body_end = exchange.on_body_broken = None
+        exchange.sink = _discard
+        self.pauses.resume("body")
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None:
+        if self.transport is not None and not self.closing:
             self.transport.write(data)
 
-    def will_close(self, request: IncomingRequest) -> bool:
-        return not request.keep_alive or self.listener.closing
+    def keeps_alive(self, exchange: Exchange) -> bool:
+        """The one keep-alive decision for an answer: the request allowed it, nothing since
+        closed it, and the server is not stopping."""
+        return exchange.keep_alive and not self.listener.closing and not self.closing
 
-    def connection_line(self, request: IncomingRequest) -> bytes:
-        if self.will_close(request):
+    def connection_line(self, exchange: Exchange) -> bytes:
+        if not self.keeps_alive(exchange):
+            exchange.close_after("server stopping")
             return CLOSE
-        return KEEP_ALIVE if request.version == "1.0" else b""
+        return KEEP_ALIVE if exchange.version == "1.0" else b""
 
-    def answer(
-        self, request: IncomingRequest, status: int, lines: list[bytes], body: bytes
-    ) -> None:
+    def answer(self, exchange: Exchange, status: int, lines: list[bytes], body: bytes) -> None:
         """A whole response made by the proxy, in one write."""
-        if not request.body_complete and b"expect" in request.fields:
-            # The client waits for 100 Continue before sending its body and now never will:
-            # the connection cannot carry another request.
-            request.keep_alive = False
-        connection = self.connection_line(request)
-        data = whole_response(status, lines, body, connection, request.method == "HEAD")
-        request.status, request.sent, request.head_sent = status, len(data), True
-        self.discard_body(request)
+        if exchange.has_body and not exchange.body_complete:
+            # Answered before its body arrived (a refused upload, or one waiting for 100
+            # Continue): the body cannot be told from a next request, so nothing follows.
+            exchange.close_after("answered before the request body arrived")
+        connection = self.connection_line(exchange)
+        data = whole_response(status, lines, body, connection, exchange.method == "HEAD")
+        exchange.status, exchange.sent, exchange.head_sent = status, len(data), True
+        self.discard_body(exchange)
         self.write(data)
-        self.finish(request)
+        self.finish(exchange)
 
     def start_response(
         self,
-        request: IncomingRequest,
+        exchange: Exchange,
         status: int,
         reason: bytes,
         lines: list[bytes],
-        length_known: bool,
-        has_body: bool,
+        upstream: Framing,
         first: list[bytes] | None = None,
     ) -> None:
-        """Write a relayed head (and, when it came with it, the start of the body)."""
-        close = self.will_close(request)
-        extra = b""
-        if has_body and not length_known:
-            if request.version == "1.0":
-                request.framing, close = b"close", True
-            else:
-                request.framing, extra = b"chunked", CHUNKED
-        connection = CLOSE if close else (KEEP_ALIVE if request.version == "1.0" else b"")
-        if close:
-            request.keep_alive = False
-        head = b"".join([status_line(status, reason), *lines, extra, connection, b"\r\n"])
-        request.status, request.head_sent = status, True
-        request.sent += len(head)
-        if not first:
+        """Write a relayed head (and, when it came with it, the start of the body). The
+        framing line is the proxy's own, worked out from how the upstream's body ends."""
+        framing = exchange.response_framing = wire.relayed_framing(
+            upstream, status, exchange.version
+        )
+        if framing.body is Body.CLOSE:
+            exchange.close_after("response body delimited by the close")
+        connection = self.connection_line(exchange)
+        head = b"".join(
+            [status_line(status, reason), *lines, framing.header(), connection, b"\r\n"]
+        )
+        exchange.status, exchange.head_sent = status, True
+        exchange.sent += len(head)
+        if not first or framing.body is Body.NONE:
             self.write(head)
-        elif len(first) == 1 and len(first[0]) <= SMALL_BODY and request.framing != b"chunked":
-            request.sent += len(first[0])
+        elif len(first) == 1 and len(first[0]) <= SMALL_BODY and framing.body is not Body.CHUNKED:
+            exchange.sent += len(first[0])
             self.write(head + first[0])  # a small answer goes out in one write
         else:
-            self.send(request, first, head)
+            self.send(exchange, first, head)
 
-    def send(self, request: IncomingRequest, chunks: list[bytes], head: bytes = b"") -> None:
+    def send(self, exchange: Exchange, chunks: list[bytes], head: bytes = b"") -> None:
         """Body chunks, framed, in one writelines: big chunks are passed on, not copied."""
         if self.transport is None:
             return
         out = [head] if head else []
-        chunked = request.framing == b"chunked"
+        chunked = exchange.response_framing.body is Body.CHUNKED
         for data in chunks:
             if not data:
                 continue
-            request.sent += len(data)
+            exchange.sent += len(data)
             if chunked:
                 size = b"%x\r\n" % len(data)
-                request.sent += len(size) + 2
+                exchange.sent += len(size) + 2
                 out += (size, data, b"\r\n")
             else:
                 out.append(data)
         if out:
             self.transport.writelines(out)
 
-    def send_one(self, request: IncomingRequest, data: bytes) -> None:
-        if request.framing == b"chunked":
-            self.send(request, [data])
+    def send_one(self, exchange: Exchange, data: bytes) -> None:
+        if exchange.response_framing.body is Body.CHUNKED:
+            self.send(exchange, [data])
         elif data and self.transport is not None:
-            request.sent += len(data)
+            exchange.sent += len(data)
             self.transport.write(data)
 
-    def end_response(self, request: IncomingRequest) -> None:
-        if request.framing == b"chunked":
-            request.sent += len(LAST_CHUNK)
+    def end_response(self, exchange: Exchange) -> None:
+        if exchange.response_framing.body is Body.CHUNKED:
+            exchange.sent += len(LAST_CHUNK)
             self.write(LAST_CHUNK)
-        self.finish(request)
+        self.finish(exchange)
 
-    def abort(self, request: IncomingRequest) -> None:
-        """Cut the connection: a body that stopped short must not pass for a whole one."""
-        request.keep_alive = False
-        if self.transport is not None:
-            self.transport.close()
-        self.finish(request)
+    def cut(self, exchange: Exchange, reason: str) -> None:
+        """End the connection under an answer: a body that stopped short must not pass for
+        a whole one."""
+        exchange.close_after(reason)
+        self.finish(exchange)
 
-    def finish(self, request: IncomingRequest) -> None:
+    def finish(self, exchange: Exchange) -> None:
         """The response is written: log it, then go on with the next request or close."""
-        if request is not self.active:
+        if exchange is not self.active:
             return
         self.active = None
         self.source = None
         self.last_seen = self.listener.loop.time()
-        self.listener.finished(request, self)
+        self.listener.finished(exchange, self)
         if self.closed:
             return
-        if not request.keep_alive or self.listener.closing:
-            self.close_after_answer()
+        if not self.keeps_alive(exchange):
+            self.close(exchange.close_reason or "server stopping")
             return
-        self.resume("upload")  # the upstream that pushed back on the body is done with it
-        if not request.body_complete:
-            self.discard_body(request)  # read past the rest; the next request follows it
-        if self.upgrade_tail is not None and request.upgrade:
+        self.pauses.resume("upload")  # the upstream that pushed back on the body is done with it
+        if not exchange.body_complete:
+            self.discard_body(exchange)  # read past the rest; the next request follows it
+        if self.upgrade_tail is not None and exchange.upgrade:
             # An upgrade the proxy answered itself (a refusal, or a non-WebSocket upgrade
             # served as plain HTTP): carry on parsing what followed it.
             tail, self.upgrade_tail = self.upgrade_tail, None
             self.parser = httptools.HttpRequestParser(self)
-            self.resume("upgrade")
+            self.pauses.resume("upgrade")
             if tail:
                 self.data_received(tail)
         if self.waiting:
@@ -506,96 +690,88 @@ class ClientConnection(asyncio.Protocol):
             # once would otherwise nest one call deeper per request.
             self.listener.loop.call_soon(self.dispatch_waiting)
         else:
-            self.resume("pipelined")
+            self.pauses.resume("pipelined")
 
     def dispatch_waiting(self) -> None:
-        if self.closed or self.active is not None:
+        if self.closed or self.closing or self.active is not None:
             return
         if self.waiting:
             self.dispatch(self.waiting.popleft())
         if not self.waiting:
-            self.resume("pipelined")
+            self.pauses.resume("pipelined")
 
-    def hand_off(self, request: IncomingRequest, protocol: asyncio.Protocol) -> None:
+    def hand_off(self, exchange: Exchange, protocol: asyncio.Protocol) -> None:
         """Give the connection (this request's head replayed, and anything after it) to
         another protocol, for the rest of its life: WebSockets are aiohttp's job."""
         transport = self.transport
         assert transport is not None
-        data = request.raw_head() + (self.upgrade_tail or b"")
+        data = exchange.raw_head() + (self.upgrade_tail or b"")
         self.upgrade_tail, self.parser, self.active, self.transport = None, None, None, None
         self.closed = True
+        self.stop_send_timer()
         self.listener.connections.discard(self)
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
-        if self.pauses:
-            self.pauses.clear()
-            transport.resume_reading()  # type: ignore[attr-defined]
+        self.pauses.clear()
+        self.pauses.transport = None
         if data:
             protocol.data_received(data)
 
-    def close_if_idle(self, now: float, idle: float) -> None:
+    def sweep(self, now: float, idle: float) -> None:
         """Close when nothing was received for ``idle`` seconds between requests, or when a
-        request head has been trickling in for that long (a slow client holds no slot)."""
-        if self.active is not None or self.waiting or self.transport is None:
+        request head has been trickling in for that long (a slow client holds no slot);
+        fail an exchange whose request body stalled for that long."""
+        if self.transport is None or self.closing:
+            return
+        if self.active is not None or self.waiting:
+            exchange = self.exchange
+            if (
+                exchange is not None
+                and exchange is self.active
+                and not self.in_head
+                and not self.pauses.reasons  # not waiting on the proxy's own pushback
+                and now - self.last_seen >= idle
+            ):
+                self.refuse(408, "request body stalled for timeouts.idle")
             return
         began = self.head_began
         if now - self.last_seen >= idle or (began is not None and now - began >= idle):
-            self.transport.close()
+            self.close("idle for timeouts.idle")
 
     # --- internals
 
-    def dispatch(self, request: IncomingRequest) -> None:
-        self.active = request
-        if request.upgrade and self.parser is not None:
+    def dispatch(self, exchange: Exchange) -> None:
+        self.active = exchange
+        if exchange.upgrade and self.parser is not None and exchange.invalid is None:
             # Not really an upgrade for llhttp yet; wait for data_received to stop it.
-            self.waiting.appendleft(request)
+            self.waiting.appendleft(exchange)
             self.active = None
             return
-        self.listener.handle(request, self)
+        self.listener.handle(exchange, self)
 
-    def pause(self, reason: str) -> None:
-        if not self.pauses and self.transport is not None:
-            self.transport.pause_reading()
-        self.pauses.add(reason)
-
-    def resume(self, reason: str) -> None:
-        if self.pauses and reason in self.pauses:
-            self.pauses.discard(reason)
-            if not self.pauses and self.transport is not None and not self.closed:
-                self.transport.resume_reading()
-
-    def refuse(self, status: int) -> None:
-        """Stop reading; answer ``status`` if nothing is being answered, then close."""
-        self.parser = None
-        if self.transport is None:
-            return
-        active = self.active
-        if active is not None and active.task is not None and self.request is not active:
-            active.keep_alive = False  # finish the answer in progress, then close
-            return
-        if active is not None and active.head_sent:
-            self.transport.close()  # its body was broken: the upstream must not wait for it
-            return
-        if active is None or active.task is None:
-            body = b"%s\n" % HTTPStatus(status).phrase.encode()
-            self.transport.write(whole_response(status, [TEXT_PLAIN], body, CLOSE, False))
-        self.transport.close()  # bytes that are not HTTP are owed no lingering close
-
-    def close_after_answer(self) -> None:
-        """Close once the answer is out. Closing on a client still sending (a refused upload)
-        makes the kernel reset the connection, which can destroy the answer in flight; so
-        the sending side closes first and what the client still sends is read and dropped
-        for up to LINGER seconds (nginx's lingering close)."""
+    def close(self, reason: str, abort: bool = False) -> None:
+        """The one way the proxy ends a connection. ``abort`` resets it at once (a client
+        that reads nothing would otherwise hold its unsent answer forever). Otherwise what
+        was written goes out first; and closing on a client still sending (a refused
+        upload) would make the kernel reset the connection under the answer, so the
+        sending side closes first and what the client still sends is read and dropped for
+        up to LINGER seconds (nginx's lingering close)."""
         transport = self.transport
         if transport is None:
             return
-        if self.request is None or not transport.can_write_eof():
+        if self.closing and not abort:
+            return
+        self.closing = reason
+        self.parser = None
+        log.debug("closing the connection from %s: %s", self.peer or "?", reason)
+        if abort:
+            transport.abort()
+            return
+        if (self.exchange is None and not self.unread) or not transport.can_write_eof():
             transport.close()  # nothing more is coming (or TLS, which cannot half-close)
             return
         transport.write_eof()
-        self.parser = None  # whatever still arrives is dropped
         self.pauses.clear()
-        transport.resume_reading()
         self.listener.loop.call_later(LINGER, transport.close)
 
 
@@ -606,13 +782,15 @@ class Listener:
         self,
         handle: Handler,
         finished: Finished,
-        malformed: Callable[[ClientConnection, Exception], None],
+        malformed: Callable[[ClientConnection, str], None],
         idle: float,
+        send_timeout: float = 60.0,
     ) -> None:
         self.handle = handle
         self.finished = finished
         self.malformed = malformed
         self.idle = idle
+        self.send_timeout = send_timeout
         self.loop = asyncio.get_running_loop()
         self.connections: set[ClientConnection] = set()
         self.closing = False
@@ -634,7 +812,7 @@ class Listener:
             await asyncio.sleep(min(1.0, max(0.05, self.idle / 4)))
             now = self.loop.time()
             for conn in list(self.connections):
-                conn.close_if_idle(now, self.idle)
+                conn.sweep(now, self.idle)
             for sweep in self.sweepers:
                 sweep()
 
@@ -644,13 +822,13 @@ class Listener:
         if self.server is not None:
             self.server.close()
         for conn in list(self.connections):
-            conn.close_if_idle(float("inf"), 0)
+            if conn.active is None and not conn.waiting:
+                conn.close("server stopping")
         deadline = self.loop.time() + timeout
         while self.connections and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
-            if conn.transport is not None:
-                conn.transport.abort()
+            conn.close("server stopped", abort=True)
         if self.sweeper is not None:
             self.sweeper.cancel()
         if self.server is not None:

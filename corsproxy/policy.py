@@ -156,6 +156,7 @@ def first_literal(route: Route) -> str | None:
 class Timeouts:
     connect: float = 5.0
     read: float = 60.0
+    send: float = 60.0
     idle: float = 75.0
     shutdown: float = 30.0
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from time import perf_counter
 
-from corsproxy import accesslog, origins
+from corsproxy import accesslog, origins, wire
 from corsproxy import headers as h
 from corsproxy.cors import (
     PASSTHROUGH,
@@ -29,12 +29,12 @@ from corsproxy.cors import (
     decide,
     expose_value_for,
 )
-from corsproxy.listener import CONTINUE, ClientConnection, IncomingRequest, RawHeaders, date_line
+from corsproxy.listener import CONTINUE, ClientConnection, Exchange, RawHeaders, date_line
 from corsproxy.metrics import RequestMetrics
 from corsproxy.origins import routing_host
 from corsproxy.paths import PathError, Target, parse_target
 from corsproxy.policy import Route, Settings, Upstream
-from corsproxy.upstream import UpstreamConnection, UpstreamError, UpstreamPool
+from corsproxy.upstream import BrokenBody, UpstreamConnection, UpstreamError, UpstreamPool
 
 log = logging.getLogger("corsproxy")
 
@@ -42,13 +42,16 @@ BAD_GATEWAY = 502
 GATEWAY_TIMEOUT = 504
 NOT_FOUND = 404
 BAD_REQUEST = 400
+METHOD_NOT_ALLOWED = 405
 CLIENT_CLOSED = 499  # nginx's code for a client that hung up before the answer (logs only)
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
-_HOP_BY_HOP = frozenset(name.encode() for name in h.HOP_BY_HOP)
 _ACCESS_CONTROL = h.ACCESS_CONTROL_PREFIX.encode()
-# Never passed to the upstream as the client sent them: the proxy sets its own.
-_REPLACED = _HOP_BY_HOP | {b"host", b"expect", b"x-forwarded-for"}
+# Never passed to the upstream as the client sent them: the proxy sets its own (framing
+# included: the one framing line of a forwarded request is the proxy's, wire.Framing).
+_REPLACED = wire.HOP_BY_HOP | wire.PROTECTED | {b"expect", b"x-forwarded-for"}
+# Never relayed from an upstream answer: the proxy frames the body toward the client itself.
+_NOT_RELAYED = wire.HOP_BY_HOP | wire.FRAMING
 _DROP = {
     # (keep the client's X-Forwarded-Proto, keep its X-Forwarded-Host) -> names not forwarded
     (False, False): _REPLACED | {b"x-forwarded-proto", b"x-forwarded-host"},
@@ -92,7 +95,7 @@ class HandOff:
 
 
 def hand_off_for(
-    request: IncomingRequest, peer: str, upstream: Upstream, target: Target, settings: Settings
+    request: Exchange, peer: str, upstream: Upstream, target: Target, settings: Settings
 ) -> HandOff:
     scheme = "wss" if upstream.url.startswith("https") else "ws"
     url = scheme + upstream.target(target.path_qs)[upstream.url.index(":") :]
@@ -102,8 +105,8 @@ def hand_off_for(
         if name.lower().decode("latin-1") not in h.WEBSOCKET_HANDSHAKE
     ]
     protocols = h.split_list(request.header(b"sec-websocket-protocol") or "")
-    assert isinstance(request.state, Outcome)
-    return HandOff(request.state, url, headers, protocols, settings)
+    assert isinstance(request.outcome, Outcome)
+    return HandOff(request.outcome, url, headers, protocols, settings)
 
 
 class Proxy:
@@ -114,26 +117,29 @@ class Proxy:
         self.pool = pool
         self.metrics = metrics
         # Set by the wiring: takes a WebSocket handshake's connection (see websocket.py).
-        self.hand_off: Callable[[IncomingRequest, ClientConnection, HandOff], None] | None = None
+        self.hand_off: Callable[[Exchange, ClientConnection, HandOff], None] | None = None
         self.memo = Memo(settings)
 
-    def handle(self, request: IncomingRequest, conn: ClientConnection) -> None:
+    def handle(self, request: Exchange, conn: ClientConnection) -> None:
         """Called once per request, in order, when its head has arrived."""
         settings = self.settings
         memo = self.memo
         if memo.settings is not settings:
             memo = self.memo = Memo(settings)
         if request.invalid is not None:
+            # Refused by the listener before any rule looks at it (wire.refuse_request and
+            # the limits): answered here all the same, so it is logged and counted.
             status, note = request.invalid
-            request.state = Outcome(
+            request.outcome = Outcome(
                 settings.table.fallback.name, PASSTHROUGH, note=note, started=request.started
             )
-            return self.error(conn, request, status, note)
+            extra = [b"Allow: %s\r\n" % wire.ALLOW] if status == METHOD_NOT_ALLOWED else []
+            return self.error(conn, request, status, note, extra)
         target, path_error, route = memo.route(request)
         websocket = b"upgrade" in request.fields and is_websocket(request)
         prepared = memo.decision(route, request, websocket)
         decision = prepared.decision
-        outcome = request.state = Outcome(route.name, decision, started=request.started)
+        outcome = request.outcome = Outcome(route.name, decision, started=request.started)
         if target is None:
             # Refused whatever the policy says, preflights included (SPEC 3.1); the
             # decision only tells whether an allowed page may read the 400.
@@ -163,23 +169,21 @@ class Proxy:
     async def forward(
         self,
         conn: ClientConnection,
-        request: IncomingRequest,
+        request: Exchange,
         upstream: Upstream,
         target: Target,
         prepared: Prepared,
         settings: Settings,
     ) -> None:
-        outcome: Outcome = request.state
+        outcome: Outcome = request.outcome
         head = upstream_request_head(request, conn.peer, upstream, target, settings)
         up: UpstreamConnection | None = None
         try:
             up = await self.send(conn, request, upstream, head, settings)
             outcome.upstream_status = up.status
-            lines = relayed_lines(up.headers, prepared)
+            lines = relayed_lines(up.headers, up.tokens, prepared)
             first = up.attach(partial(conn.send_one, request))
-            conn.start_response(
-                request, up.status, up.reason, lines, up.length_known, not up.no_body, first
-            )
+            conn.start_response(request, up.status, up.reason, lines, up.framing, first)
             conn.source = up
             if conn.write_paused and not up.complete:
                 up.pause_reading()
@@ -192,25 +196,34 @@ class Proxy:
             if request.head_sent:
                 # Too late for a 502: cut the client's connection, so a truncated body is
                 # never mistaken for a whole one.
-                outcome.note = "upstream failed mid-body"
-                conn.abort(request)
+                outcome.note = f"upstream failed mid-body: {exc.message}"
+                conn.cut(request, outcome.note)
             else:
                 outcome.note = exc.message
                 status = GATEWAY_TIMEOUT if exc.reason == "timeout" else BAD_GATEWAY
                 self.error(conn, request, status, exc.message)
+        except BrokenBody as exc:
+            # The client's own body was malformed or stalled: its fault, not the upstream's.
+            outcome.note = exc.refusal.reason
+            if request.head_sent:
+                conn.cut(request, outcome.note)
+            else:
+                self.error(conn, request, exc.refusal.status, exc.refusal.reason)
         except Exception:
             # A bug, not the client's or the upstream's fault: logged with its traceback, and
             # the client still gets an answer (or, mid-body, a cut connection).
             log.exception("internal error while forwarding %s %s", request.method, target.path)
             outcome.note = "internal error"
             if request.head_sent:
-                conn.abort(request)
+                conn.cut(request, "internal error")
             else:
-                request.keep_alive = False
+                request.close_after("internal error")
                 self.error(conn, request, 500, "internal error")
         except asyncio.CancelledError:
             # The client hung up (or the server is stopping): the upstream request goes too.
-            outcome.note = "client went away" + (" mid-body" if request.head_sent else "")
+            outcome.note = conn.closing or (
+                "client went away" + (" mid-body" if request.head_sent else "")
+            )
             if not request.head_sent:
                 request.status = CLIENT_CLOSED  # nothing was sent; logged as nginx does
             conn.finish(request)
@@ -222,7 +235,7 @@ class Proxy:
     async def send(
         self,
         conn: ClientConnection,
-        request: IncomingRequest,
+        request: Exchange,
         upstream: Upstream,
         head: bytes,
         settings: Settings,
@@ -243,7 +256,7 @@ class Proxy:
                 timeouts.read,
                 head_only=request.method == "HEAD",
                 body=request.has_body,
-                chunked=request.chunked,
+                chunked=request.framing.body is wire.Body.CHUNKED,
             )
             if request.has_body:
                 expect = request.header(b"expect")
@@ -253,7 +266,7 @@ class Proxy:
                     and (request.version == "1.1")
                 ):
                     conn.write(CONTINUE)
-                conn.attach_body(request, up.send_body, up.end_body)
+                conn.attach_body(request, up.send_body, up.end_body, up.body_broken)
             try:
                 assert up.head is not None
                 await up.head
@@ -268,13 +281,21 @@ class Proxy:
                 raise
 
     def error(
-        self, conn: ClientConnection, request: IncomingRequest, status: int, message: str
+        self,
+        conn: ClientConnection,
+        request: Exchange,
+        status: int,
+        message: str,
+        extra: list[bytes] | None = None,
     ) -> None:
-        pairs, body = error_parts(message, request.state.decision)
-        conn.answer(request, status, encode(pairs), body)
+        pairs, body = error_parts(message, request.outcome.decision)
+        lines = encode(pairs)
+        if extra:
+            lines += extra
+        conn.answer(request, status, lines, body)
 
-    def finished(self, request: IncomingRequest, conn: ClientConnection) -> None:
-        outcome: Outcome | None = request.state
+    def finished(self, request: Exchange, conn: ClientConnection) -> None:
+        outcome: Outcome | None = request.outcome
         if outcome is not None:
             self.record(
                 outcome,
@@ -327,8 +348,8 @@ class Proxy:
             style,
         )
 
-    def malformed(self, conn: ClientConnection, exc: Exception) -> None:
-        log.info("malformed request from %s: %s", conn.peer or "?", exc)
+    def malformed(self, conn: ClientConnection, message: str) -> None:
+        log.info("refused a request from %s: %s", conn.peer or "?", message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,7 +385,7 @@ class Memo:
         self.routes: dict[tuple[bytes, str], tuple[Target | None, str, Route]] = {}
         self.decisions: dict[tuple[object, ...], Prepared] = {}
 
-    def route(self, request: IncomingRequest) -> tuple[Target | None, str, Route]:
+    def route(self, request: Exchange) -> tuple[Target | None, str, Route]:
         host = request.fields.get(b"host", (b"",))[0]
         key = (host, request.target)
         found = self.routes.get(key)
@@ -382,7 +403,7 @@ class Memo:
                 self.routes[key] = found
         return found
 
-    def decision(self, route: Route, request: IncomingRequest, websocket: bool) -> Prepared:
+    def decision(self, route: Route, request: Exchange, websocket: bool) -> Prepared:
         # id(route) is safe as a key: every route lives in self.settings, held here.
         key = (id(route), request.method, websocket, *request.keyed)
         found = self.decisions.get(key)
@@ -398,7 +419,7 @@ class Memo:
         return found
 
 
-def request_facts(request: IncomingRequest, settings: Settings, websocket: bool) -> RequestFacts:
+def request_facts(request: Exchange, settings: Settings, websocket: bool) -> RequestFacts:
     fields = request.fields
     raw_origins = fields.get(b"origin")
     if not raw_origins:
@@ -416,7 +437,7 @@ def request_facts(request: IncomingRequest, settings: Settings, websocket: bool)
     )
 
 
-def addressed_origin(request: IncomingRequest, settings: Settings) -> str:
+def addressed_origin(request: Exchange, settings: Settings) -> str:
     """``scheme://host[:port]`` the client addressed, to tell same-origin requests (SPEC 4.1)."""
     scheme = "https" if settings.tls is not None else "http"
     host = request.header(b"host") or ""
@@ -430,14 +451,14 @@ def addressed_origin(request: IncomingRequest, settings: Settings) -> str:
     return origins.addressed_origin(scheme, host)
 
 
-def is_websocket(request: IncomingRequest) -> bool:
+def is_websocket(request: Exchange) -> bool:
     upgrade = request.header(b"upgrade")
     if upgrade is None or upgrade.lower() != "websocket":
         return False
     return "upgrade" in h.connection_listed(request.header_all(b"connection"))
 
 
-def valid_handshake(request: IncomingRequest) -> bool:
+def valid_handshake(request: Exchange) -> bool:
     """RFC 6455 4.2.1, the parts a server checks: GET, version 13, a 16-byte key."""
     if request.method != "GET" or request.header(b"sec-websocket-version") != "13":
         return False
@@ -451,7 +472,7 @@ def valid_handshake(request: IncomingRequest) -> bool:
 
 
 def forwarded_headers(
-    request: IncomingRequest, peer: str, upstream: Upstream, settings: Settings
+    request: Exchange, peer: str, upstream: Upstream, settings: Settings
 ) -> list[tuple[bytes, bytes]]:
     """The client's headers minus hop-by-hop ones, with Host and X-Forwarded-* set (SPEC 5)."""
     fields = request.fields
@@ -461,7 +482,7 @@ def forwarded_headers(
     drop = _DROP[keep_proto, keep_host]
     listed = fields.get(b"connection")
     if listed:
-        drop = drop | listed_names(tuple(listed))
+        drop = drop | wire.hop_by_hop(listed_names(tuple(listed)))
     out = [(name, value) for lname, name, value in request.headers if lname not in drop]
     client_host = fields.get(b"host", (b"",))[0]
     host = client_host if settings.preserve_host and client_host else upstream.host_header.encode()
@@ -477,15 +498,14 @@ def forwarded_headers(
 
 
 def upstream_request_head(
-    request: IncomingRequest, peer: str, upstream: Upstream, target: Target, settings: Settings
+    request: Exchange, peer: str, upstream: Upstream, target: Target, settings: Settings
 ) -> bytes:
     path = (upstream.prefix + target.path_qs).encode("latin-1")
     lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode(), path)]
     lines.extend(
         b"%s: %s\r\n" % pair for pair in forwarded_headers(request, peer, upstream, settings)
     )
-    if request.chunked:
-        lines.append(b"Transfer-Encoding: chunked\r\n")
+    lines.append(request.framing.header())  # the proxy's own, never the client's (wire.py)
     lines.append(b"\r\n")
     return b"".join(lines)
 
@@ -493,16 +513,15 @@ def upstream_request_head(
 @functools.lru_cache(maxsize=64)
 def listed_names(values: tuple[bytes, ...]) -> frozenset[bytes]:
     """Lowercase names in Connection values; nearly always ``keep-alive`` or ``close``."""
-    return frozenset(n.encode() for n in h.connection_listed(v.decode("latin-1") for v in values))
+    return wire.connection_tokens(values)
 
 
-def relayed_lines(upstream: RawHeaders, prepared: Prepared) -> list[bytes]:
+def relayed_lines(
+    upstream: RawHeaders, tokens: frozenset[bytes], prepared: Prepared
+) -> list[bytes]:
     """Upstream response head -> client response head lines, with the decision applied.
-    (How the body is framed was worked out as the head was parsed: ``length_known``.)"""
-    drop = _HOP_BY_HOP
-    listed = [value for lname, _, value in upstream if lname == b"connection"]
-    if listed:
-        drop = drop | listed_names(tuple(listed))
+    Framing headers are never relayed: the client side writes its own (wire.Framing)."""
+    drop = _NOT_RELAYED | wire.hop_by_hop(tokens) if tokens else _NOT_RELAYED
     decision = prepared.decision
     strip = decision.strip
     lines: list[bytes] = []

@@ -18,7 +18,9 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from corsproxy.listener import NO_BODY_STATUSES, READ_CHUNK, RawHeaders
+from corsproxy import wire
+from corsproxy.listener import READ_CHUNK, RawHeaders, ReadPauses
+from corsproxy.wire import Body, Framing, Refusal
 
 if TYPE_CHECKING:
     from corsproxy.listener import ClientConnection
@@ -36,6 +38,15 @@ class UpstreamError(Exception):
         self.stale = stale
 
 
+class BrokenBody(Exception):
+    """The client's request body turned out malformed or stalled while it was being sent:
+    the exchange ends with ``refusal`` (400, 408) and the upstream connection is closed."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.reason)
+        self.refusal = refusal
+
+
 class _HeadOnly(Exception):
     """Raised from the parser callback to stop after the head of an answer to HEAD."""
 
@@ -50,20 +61,20 @@ class UpstreamConnection(asyncio.Protocol):
         self.key = key
         self.loop = pool.loop
         self.transport: asyncio.Transport | None = None
+        self.pauses = ReadPauses()
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
         self.reused = False
         self.idle_since = 0.0
         self.timer: asyncio.TimerHandle | None = None
-        self.read_paused = False
         self.reset()
 
     def reset(self) -> None:
         """Forget the exchange: ready for the next one (or to be closed)."""
         if self.timer is not None:
             self.timer.cancel()
-        if self.read_paused and self.transport is not None and not self.closed:
-            self.transport.resume_reading()  # never pooled paused: it would not hear a close
+        if not self.closed:
+            self.pauses.clear()  # never pooled paused: it would not hear a close
         self.head: asyncio.Future[None] | None = None
         self.done: asyncio.Future[None] | None = None
         self.head_only = False
@@ -71,9 +82,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.interim = False
         self.reason = b""
         self.headers: RawHeaders = []
-        self.length_known = False
-        self.no_body = False  # an answer to HEAD, a 204 or a 304
-        self.until_close = False
+        self.tokens: frozenset[bytes] = frozenset()  # what the answer's Connection lists
+        self.framing: Framing = wire.NO_BODY
         self.keep_alive = True
         self.complete = False
         self.got_data = False
@@ -81,11 +91,17 @@ class UpstreamConnection(asyncio.Protocol):
         self.chunked_request = False
         self.sink: Callable[[bytes], None] | None = None
         self.early: list[bytes] = []  # body that came with the head, before a sink
+        self.early_size = 0
         self.client: ClientConnection | None = None
-        self.read_paused = False
         self.read_timeout = 0.0
         self.last_read = 0.0
         self.timer = None
+        self.head_bytes = 0  # read before the final head was complete (1xx included)
+        self.head_fields = 0
+        self.trailer_size = 0
+        self.trailer_fields = 0
+        self.progress = 0
+        self.stall = 0
 
     # --- the exchange, driven by the proxy
 
@@ -106,10 +122,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.request_sent = not body
         self.chunked_request = chunked
         self.read_timeout = read_timeout
-        self.last_read = loop.time()
-        self.timer = loop.call_at(self.last_read + read_timeout, self.check_timeout)
         assert self.transport is not None
         self.transport.write(head)
+        if not body:
+            self.start_read_clock()
 
     def send_body(self, data: bytes) -> None:
         if self.transport is None or self.closed or not data:
@@ -122,28 +138,36 @@ class UpstreamConnection(asyncio.Protocol):
         self.request_sent = True
         if self.chunked_request and self.transport is not None and not self.closed:
             self.transport.write(b"0\r\n\r\n")
+        self.start_read_clock()
+
+    def body_broken(self, refusal: Refusal) -> None:
+        """The client's body broke mid-way: this exchange fails, its connection with it."""
+        self.fail(BrokenBody(refusal))
+
+    def start_read_clock(self) -> None:
+        """``timeouts.read`` runs from now: once the request is sent (nginx's
+        proxy_read_timeout), and again after each pause for a slow client."""
+        self.last_read = self.loop.time()
+        if self.timer is None and self.done is not None and not self.done.done():
+            self.timer = self.loop.call_at(self.last_read + self.read_timeout, self.check_timeout)
 
     def attach(self, sink: Callable[[bytes], None]) -> list[bytes]:
         """From now on body chunks go to ``sink``; returns what arrived before."""
         self.sink = sink
-        early, self.early = self.early, []
-        if self.read_paused:
-            self.read_paused = False
-            if self.transport is not None:
-                self.transport.resume_reading()
+        early, self.early, self.early_size = self.early, [], 0
+        if "early" in self.pauses.reasons:
+            self.pauses.resume("early")
+            self.start_read_clock()
         return early
 
     def pause_reading(self) -> None:
         """The client cannot take more yet (its transport's buffer is full)."""
-        self.read_paused = True
-        if self.transport is not None and not self.closed:
-            self.transport.pause_reading()
+        self.pauses.pause("client")
 
     def resume_reading(self) -> None:
-        self.read_paused = False
-        self.last_read = self.loop.time()
-        if self.transport is not None and not self.closed:
-            self.transport.resume_reading()
+        self.pauses.resume("client")
+        if not self.pauses.reasons:
+            self.start_read_clock()
 
     @property
     def reusable(self) -> bool:
@@ -159,14 +183,14 @@ class UpstreamConnection(asyncio.Protocol):
     # --- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = self.pauses.transport = transport  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.forget(self)
         if self.done is None or self.done.done():
             return
-        if self.until_close and self.head is not None and self.head.done():
+        if self.framing.body is Body.CLOSE and self.head is not None and self.head.done():
             self.on_message_complete()  # the body was delimited by the close
             return
         if not self.got_data:
@@ -180,24 +204,58 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.got_data = True
         self.last_read = self.loop.time()
+        if self.head is not None and not self.head.done():
+            # The status line and fields (1xx answers included) are bounded: only what fits
+            # is parsed, and a head not complete within it is refused (nginx: 502).
+            room = wire.MAX_RESPONSE_HEAD - self.head_bytes
+            if len(data) > room:
+                if not self.feed(data[:room]) or self.done.done():
+                    return
+                if not self.head.done():
+                    self.fail(UpstreamError("protocol", "upstream response head over 64 KiB"))
+                    return
+                data = data[room:]
+            else:
+                self.head_bytes += len(data)
+        progress = self.progress
+        if not self.feed(data) or self.done is None or self.done.done():
+            return
+        if self.progress != progress:
+            self.stall = 0
+            return
+        self.stall += len(data)  # a chunk line or trailer field still growing in the parser
+        if self.stall > wire.MAX_STALL:
+            self.fail(UpstreamError("protocol", "upstream sent an over-long chunk line"))
+
+    def feed(self, data: bytes) -> bool:
+        """Parse ``data``; False when the exchange ended in a failure."""
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _HeadOnly):
+                # Whatever came after the head in this read is never parsed; anything that
+                # arrives later, before a next request, closes the connection (data_received).
                 self.parser = httptools.HttpResponseParser(self)
                 self.on_message_complete()
-            else:
-                self.fail(UpstreamError("protocol", "upstream sent an invalid response"))
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-            self.fail(UpstreamError("protocol", "upstream sent an invalid response"))
+                return True
+            message = str(exc.__context__) if isinstance(exc.__context__, _OutOfTurn) else ""
+            self.fail(UpstreamError("protocol", message or "upstream sent an invalid response"))
+            return False
+        except httptools.HttpParserUpgrade:
+            self.fail(UpstreamError("protocol", "upstream switched protocols unasked"))
+            return False
+        except httptools.HttpParserError as exc:
+            self.fail(UpstreamError("protocol", f"upstream sent an invalid response ({exc})"))
+            return False
+        return True
 
     def pause_writing(self) -> None:
         if self.client is not None:
-            self.client.pause("upload")
+            self.client.pauses.pause("upload")
 
     def resume_writing(self) -> None:
         if self.client is not None:
-            self.client.resume("upload")
+            self.client.pauses.resume("upload")
 
     # --- httptools callbacks
 
@@ -205,39 +263,61 @@ class UpstreamConnection(asyncio.Protocol):
         if self.status:
             # A second answer to one request (stray bytes after a complete response, or a
             # body after a 204): never relayed, and the connection is not reused.
-            raise _OutOfTurn
+            raise _OutOfTurn("upstream sent more than one answer")
         self.headers = []
         self.reason = b""
+        self.progress += 1
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.progress += 1
         if self.status:
-            return  # a trailer after a chunked body: not part of the head already sent
+            # A trailer after a chunked body: bounded, dropped, never part of the head
+            # already sent (RFC 9112 7.1.2).
+            self.trailer_size += len(name) + len(value) + 4
+            self.trailer_fields += 1
+            if (
+                self.trailer_size > wire.MAX_TRAILER
+                or self.trailer_fields > wire.MAX_TRAILER_FIELDS
+            ):
+                raise _OutOfTurn("upstream trailer section too large")
+            return
+        self.head_fields += 1
+        if self.head_fields > wire.MAX_RESPONSE_FIELDS:
+            raise _OutOfTurn("upstream response has too many header fields")
         self.headers.append((name.lower(), name, value))
 
     def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
+        self.progress += 1
+        parser = self.parser
+        status = parser.get_status_code()
         self.interim = status < 200
         if self.interim:
+            self.head_fields = 0
             return  # 100 Continue and other interim answers are not passed on
         self.status = status
-        self.keep_alive = self.parser.should_keep_alive()
-        chunked = False
+        te: list[bytes] = []
+        cl: list[bytes] = []
+        connection: list[bytes] = []
         for lname, _, value in self.headers:
             if lname == b"content-length":
-                self.length_known = True
+                cl.append(value)
             elif lname == b"transfer-encoding":
-                if value.strip().lower() != b"chunked":
-                    # llhttp undoes only the chunking; relaying the rest without its coding
-                    # would hand the client bytes it cannot read.
-                    raise _OutOfTurn
-                chunked = True
-        if chunked:
-            self.length_known = False
-        self.no_body = self.head_only or status in NO_BODY_STATUSES
-        self.until_close = not (self.length_known or chunked or self.no_body)
+                te.append(value)
+            elif lname == b"connection":
+                connection.append(value)
+        if te and wire.codings(te) != [b"chunked"]:
+            # llhttp undoes only the chunking; relaying the rest without its coding would
+            # hand the client bytes it cannot read.
+            raise _OutOfTurn("upstream used a transfer coding other than chunked")
+        self.framing = framing = wire.response_framing(status, self.head_only, te, cl)
+        self.tokens = tokens = wire.connection_tokens(connection)
+        self.keep_alive = framing.body is not Body.CLOSE and wire.keep_alive(
+            parser.get_http_version(), tokens
+        )
+        self.start_read_clock()  # an early answer: its body is waited for like any other
         assert self.head is not None
         if not self.head.done():
             self.head.set_result(None)
@@ -245,14 +325,20 @@ class UpstreamConnection(asyncio.Protocol):
             raise _HeadOnly
 
     def on_body(self, data: bytes) -> None:
+        self.progress += 1
         if self.sink is not None:
             self.sink(data)
         else:
             self.early.append(data)
-            if len(self.early) > 1 and sum(map(len, self.early)) > READ_CHUNK:
-                self.pause_reading()
+            self.early_size += len(data)
+            if self.early_size > READ_CHUNK:
+                self.pauses.pause("early")
+
+    def on_chunk_header(self) -> None:
+        self.progress += 1
 
     def on_message_complete(self) -> None:
+        self.progress += 1
         if self.interim:
             self.interim = False
             return
@@ -266,19 +352,20 @@ class UpstreamConnection(asyncio.Protocol):
     # --- failures
 
     def check_timeout(self) -> None:
-        """``timeouts.read`` bounds each wait for the upstream: the head, then each chunk.
-        One timer per exchange, pushed back lazily instead of reset on every read."""
+        """``timeouts.read`` bounds each wait for the upstream: the head once the request
+        is sent, then each chunk. One timer per exchange, pushed back lazily instead of
+        reset on every read; none runs while the proxy itself holds reading paused (the
+        client's ``timeouts.send`` bounds that wait)."""
         self.timer = None
-        if self.done is None or self.done.done():
+        if self.done is None or self.done.done() or self.pauses.reasons:
             return
         due = self.last_read + self.read_timeout
-        now = self.loop.time()
-        if self.read_paused or due > now:
-            self.timer = self.loop.call_at(max(due, now + 0.01), self.check_timeout)
+        if due > self.loop.time():
+            self.timer = self.loop.call_at(due, self.check_timeout)
             return
         self.fail(UpstreamError("timeout", "upstream did not answer in time"))
 
-    def fail(self, error: UpstreamError) -> None:
+    def fail(self, error: Exception) -> None:
         for future in (self.head, self.done):
             if future is not None and not future.done():
                 future.set_exception(error)

@@ -18,7 +18,7 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
-from corsproxy.listener import ClientConnection, IncomingRequest
+from corsproxy.listener import ClientConnection, Exchange
 from corsproxy.proxy import (
     BAD_GATEWAY,
     GATEWAY_TIMEOUT,
@@ -74,7 +74,7 @@ class WebSocketProxy:
             handler_cancellation=True,
         )
 
-    def take(self, request: IncomingRequest, conn: ClientConnection, handoff: HandOff) -> None:
+    def take(self, request: Exchange, conn: ClientConnection, handoff: HandOff) -> None:
         """The listener's hand-off: aiohttp reads the handshake again and answers it."""
         protocol = self.server()
         self.pending[protocol] = handoff

@@ -1,8 +1,10 @@
 """Helpers for tests that run corsproxy as a real subprocess: free ports, waiting for a
-listener, starting and always stopping the process."""
+listener, starting and always stopping the process; and ``eventually``, which waits for an
+effect by polling against a deadline rather than sleeping a fixed time."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -10,11 +12,25 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+async def eventually(
+    predicate: Callable[[], object], timeout: float = 5.0, what: str = "", interval: float = 0.01
+) -> None:
+    """Poll ``predicate`` until it is true; fail after ``timeout`` seconds. For waiting on an
+    effect (a request reached the upstream, a request was counted): a fixed sleep is either
+    too short on a slow machine or wastes time on a fast one."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what or predicate}")
+        await asyncio.sleep(interval)
 
 
 def free_port() -> int:

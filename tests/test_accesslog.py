@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from procutil import eventually
 
 CONFIG = """\
 upstream: {upstream}
@@ -96,7 +97,7 @@ async def test_client_hanging_up_before_the_answer_is_logged_499(upstream, make_
     _, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     writer.write(b"GET /slow HTTP/1.1\r\nHost: front.test\r\n\r\n")
     await writer.drain()
-    await asyncio.sleep(0.3)  # the request is at the upstream
+    await eventually(lambda: upstream.seen, what="the request is at the upstream")
     writer.close()
     [line] = await wait_lines(capsys, 1)
     entry = json.loads(line)

@@ -311,7 +311,10 @@ async def test_reload_under_load_never_fails_and_never_mixes_rules(
             # (time written, rule set written, time the reload was seen applied)
             timeline: list[tuple[float, int, float]] = []
             try:
-                await asyncio.sleep(0.2)
+                # Some requests answered under the first rules before the first rewrite.
+                deadline = time.monotonic() + 2
+                while len(samples) < 8 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
                 for i in range(REWRITES):
                     new = 2 if i % 2 == 0 else 1
                     how, hup = WRITE_MODES[i % len(WRITE_MODES)]

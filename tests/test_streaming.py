@@ -20,7 +20,7 @@ import psutil
 import pytest
 from aiohttp import web
 from conftest import parse_head, raw_request
-from procutil import free_port, running, wait_port
+from procutil import eventually, free_port, running, wait_port
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -471,12 +471,21 @@ async def test_slow_response_head_gets_504(upstream, make_proxy, client) -> None
 
 
 def upstream_error_count(proxy) -> float:
+    return counted(proxy.metrics.upstream_errors)
+
+
+def counted(counter) -> float:
     return sum(
         sample.value
-        for metric in proxy.metrics.upstream_errors.collect()
+        for metric in counter.collect()
         for sample in metric.samples
         if sample.name.endswith("_total")
     )
+
+
+def request_count(proxy) -> float:
+    """Requests the proxy has finished with (counted with their upstream error, if any)."""
+    return counted(proxy.metrics.requests)
 
 
 async def test_stall_mid_body_is_a_timeout_without_traceback(
@@ -494,7 +503,7 @@ async def test_stall_mid_body_is_a_timeout_without_traceback(
     async with client.get(proxy.url + "/stall") as resp:
         with pytest.raises(aiohttp.ClientPayloadError):
             await resp.read()
-    await asyncio.sleep(0.1)
+    await eventually(lambda: request_count(proxy) >= 1, what="the request counted")
     assert upstream_error_count(proxy) == 1
     assert [r for r in caplog.records if r.exc_info] == []
 
@@ -517,6 +526,6 @@ async def test_client_leaving_mid_body_is_not_an_upstream_error(
     writer.write(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
     await reader.read(100)
     writer.close()
-    await asyncio.sleep(0.5)
+    await eventually(lambda: request_count(proxy) >= 1, what="the request counted")
     assert upstream_error_count(proxy) == 0
     assert [r for r in caplog.records if r.exc_info] == []

@@ -328,7 +328,10 @@ class ClientConnection(asyncio.Protocol):
             self.refuse(500, "internal error")
             return
         except httptools.HttpParserError as exc:
-            self.refuse(400, f"malformed request: {exc}")
+            if str(exc) == "Invalid HTTP version":  # llhttp's words for HTTP/1.2, HTTP/3.0
+                self.refuse(505, "HTTP version not supported")
+            else:
+                self.refuse(400, f"malformed request: {exc}")
             return
         if self.progress != progress:
             self.stall = 0

@@ -249,7 +249,14 @@ class Proxy:
         retry = not request.has_body and request.method in IDEMPOTENT_METHODS
         timeouts = settings.timeouts
         while True:
+            if request.body_error is not None:
+                # The body broke before anything was sent (it came in the head's packet):
+                # the upstream never sees this request at all.
+                raise BrokenBody(request.body_error)
             up = self.pool.take(upstream) or await self.pool.connect(upstream, timeouts.connect)
+            if request.body_error is not None:
+                self.pool.release(up)
+                raise BrokenBody(request.body_error)
             up.begin(
                 head,
                 conn,

@@ -324,6 +324,7 @@ REFUSED = [
     ),
     pytest.param(request("GET", "/x", version="2.0"), 505, id="http-2.0-is-505"),
     pytest.param(request("GET", "/x", version="0.9"), 400, id="http-0.9-version-is-400"),
+    pytest.param(request("GET", "/x", version="1.2"), 505, id="http-1.2-is-505"),
     pytest.param(request("CONNECT", "/public/x"), 405, id="connect-with-a-path-is-405"),
     pytest.param(request("CONNECT", "api.test:443"), 405, id="connect-authority-form-is-405"),
     pytest.param(request("TRACE", "/x"), 405, id="trace-is-405"),

@@ -773,7 +773,11 @@ class ClientConnection(asyncio.Protocol):
         if (self.exchange is None and not self.unread) or not transport.can_write_eof():
             transport.close()  # nothing more is coming (or TLS, which cannot half-close)
             return
-        transport.write_eof()
+        try:
+            transport.write_eof()
+        except OSError:  # the client is already gone (reset): nothing to linger for
+            transport.abort()
+            return
         self.pauses.clear()
         self.listener.loop.call_later(LINGER, transport.close)
 

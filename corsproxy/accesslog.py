@@ -22,6 +22,7 @@ FIELDS = (
     "reason",
     "upstream_status",
     "bytes",
+    "bytes_received",
     "pid",
 )
 
@@ -40,6 +41,7 @@ def record(
     reason: str,
     upstream_status: int | None,
     size: int,
+    received: int | None = None,
 ) -> dict[str, Any]:
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z",
@@ -55,6 +57,7 @@ def record(
         "reason": reason,
         "upstream_status": upstream_status,
         "bytes": size,
+        "bytes_received": received,  # from the client: WebSocket sessions only
         "pid": os.getpid(),  # which worker answered, when there are several
     }
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from corsproxy.admin import AdminView, start_admin
-from corsproxy.listener import ClientConnection, Exchange, Listener
+from corsproxy.listener import Listener
 from corsproxy.metrics import ReloadMetrics, RequestMetrics, exposition
 from corsproxy.policy import Settings
-from corsproxy.proxy import HandOff, Proxy
+from corsproxy.proxy import Proxy
 from corsproxy.reload import ConfigSource, Reloader
 from corsproxy.upstream import UpstreamPool
 
@@ -61,33 +61,12 @@ def make_ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-class WebSockets:
-    """Loads the WebSocket proxy (and with it aiohttp, about 11 MiB) on the first handshake
-    the engine lets through: a process that never sees one never pays for it."""
-
-    def __init__(self, proxy: Proxy) -> None:
-        self.proxy = proxy
-        self.loaded: Any = None
-
-    def take(self, request: Exchange, conn: ClientConnection, handoff: HandOff) -> None:
-        if self.loaded is None:
-            from corsproxy.websocket import WebSocketProxy, make_session
-
-            self.loaded = WebSocketProxy(self.proxy, make_session())
-        self.loaded.take(request, conn, handoff)
-
-    async def shutdown(self, timeout: float) -> None:
-        if self.loaded is not None:
-            await self.loaded.shutdown(timeout)
-
-
 @dataclass
 class Running:
     """A started proxy: its address, its handler (reloads swap its settings), how to stop it."""
 
     proxy: Proxy
     listener: Listener
-    websockets: WebSockets
     metrics: RequestMetrics
     host: str
     port: int
@@ -111,7 +90,7 @@ class Running:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         await self.listener.close(timeout)
-        await self.websockets.shutdown(max(0.0, deadline - loop.time()))
+        await self.proxy.close_tunnels(max(0.0, deadline - loop.time()))
         self.proxy.pool.close()
 
 
@@ -123,8 +102,6 @@ async def start(
     ssl_context = make_ssl_context(settings)  # before anything needs closing
     pool = UpstreamPool(settings.timeouts.idle)
     proxy = Proxy(settings, pool, metrics)
-    websockets = WebSockets(proxy)
-    proxy.hand_off = websockets.take
     timeouts = settings.timeouts
     listener = Listener(proxy.handle, proxy.finished, proxy.malformed, timeouts.idle, timeouts.send)
     listener.sweepers.append(pool.sweep)
@@ -138,9 +115,8 @@ async def start(
         )
     except BaseException:
         await listener.close(0)
-        await websockets.shutdown(0)
         raise
-    return Running(proxy, listener, websockets, metrics, settings.listen_host, port)
+    return Running(proxy, listener, metrics, settings.listen_host, port)
 
 
 def stop_on_signals(*signals: signal.Signals) -> asyncio.Event:

@@ -76,7 +76,7 @@ CORS_KEYS = (
     "report_only",
 )
 ROUTE_KEYS = ("path", "host", "upstream", "cors", "name")
-TIMEOUT_KEYS = ("connect", "read", "send", "idle", "shutdown")
+TIMEOUT_KEYS = ("connect", "read", "send", "idle", "shutdown", "websocket_idle")
 TLS_KEYS = ("cert", "key")
 
 

@@ -34,17 +34,6 @@ X_FORWARDED_HOST = "X-Forwarded-Host"
 
 SET_COOKIE = "set-cookie"
 SEC_WEBSOCKET_PROTOCOL = "Sec-WebSocket-Protocol"
-# The handshake is made anew on each side of the proxy; these never cross it.
-WEBSOCKET_HANDSHAKE = frozenset(
-    {
-        "sec-websocket-key",
-        "sec-websocket-version",
-        "sec-websocket-extensions",
-        "sec-websocket-protocol",
-        "sec-websocket-accept",
-    }
-)
-
 # RFC 9110 7.6.1 plus the legacy names every proxy drops. Lowercase for lookups.
 HOP_BY_HOP = frozenset(
     {

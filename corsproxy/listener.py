@@ -703,22 +703,26 @@ class ClientConnection(asyncio.Protocol):
         if not self.waiting:
             self.pauses.resume("pipelined")
 
-    def hand_off(self, exchange: Exchange, protocol: asyncio.Protocol) -> None:
-        """Give the connection (this request's head replayed, and anything after it) to
-        another protocol, for the rest of its life: WebSockets are aiohttp's job."""
+    def start_tunnel(
+        self, exchange: Exchange, reason: bytes, lines: list[bytes]
+    ) -> tuple[asyncio.Transport, bytes]:
+        """Answer 101 and give the connection up to a WebSocket tunnel for the rest of its
+        life; returns its transport (reading paused) and what the client sent after the
+        handshake."""
         transport = self.transport
         assert transport is not None
-        data = exchange.raw_head() + (self.upgrade_tail or b"")
-        self.upgrade_tail, self.parser, self.active, self.transport = None, None, None, None
+        head = b"".join([status_line(101, reason), *lines, b"\r\n"])
+        exchange.status, exchange.head_sent = 101, True
+        exchange.sent += len(head)
+        transport.write(head)
+        tail = self.upgrade_tail or b""
+        self.upgrade_tail, self.parser, self.transport = None, None, None
         self.closed = True
         self.stop_send_timer()
         self.listener.connections.discard(self)
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
-        self.pauses.clear()
+        self.pauses.reasons.clear()
         self.pauses.transport = None
-        if data:
-            protocol.data_received(data)
+        return transport, tail
 
     def sweep(self, now: float, idle: float) -> None:
         """Close when nothing was received for ``idle`` seconds between requests, or when a
@@ -839,7 +843,7 @@ class Listener:
         if self.sweeper is not None:
             self.sweeper.cancel()
         if self.server is not None:
-            # Python 3.12+ also waits here for connections handed to another protocol (open
+            # Python 3.12+ also waits here for connections given to a tunnel (open
             # WebSockets), which their own shutdown closes next: do not wait for those.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.server.wait_closed(), 1.0)

@@ -11,6 +11,7 @@ from typing import Any
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     disable_created_metrics,
     generate_latest,
@@ -48,6 +49,13 @@ class RequestMetrics:
             ["route"],
             buckets=DURATION_BUCKETS,
             registry=self.registry,
+        )
+
+        self.websocket_sessions = Gauge(
+            "corsproxy_websocket_sessions",
+            "Open WebSocket tunnels.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
 
         # Labelled children, looked up once: ``labels()`` takes a lock and builds a key.

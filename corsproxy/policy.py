@@ -159,6 +159,7 @@ class Timeouts:
     send: float = 60.0
     idle: float = 75.0
     shutdown: float = 30.0
+    websocket_idle: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import base64
 import binascii
 import functools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from time import perf_counter
@@ -34,6 +34,7 @@ from corsproxy.metrics import RequestMetrics
 from corsproxy.origins import routing_host
 from corsproxy.paths import PathError, Target, parse_target
 from corsproxy.policy import Route, Settings, Upstream
+from corsproxy.tunnel import GOING_AWAY_GRACE, Tunnel
 from corsproxy.upstream import BrokenBody, UpstreamConnection, UpstreamError, UpstreamPool
 
 log = logging.getLogger("corsproxy")
@@ -69,6 +70,7 @@ class Outcome:
     decision: Decision
     upstream_status: int | None = None
     upstream_error: str | None = None  # connect | timeout | protocol
+    received: int | None = None  # bytes from the client, for a WebSocket session
     note: str = ""  # why the proxy answered an error itself, for the log
     started: float = field(default_factory=perf_counter)
 
@@ -83,32 +85,6 @@ class UpstreamFault(Exception):
         self.message = message
 
 
-@dataclass(frozen=True, slots=True)
-class HandOff:
-    """A WebSocket handshake the engine let through, for the WebSocket proxy to carry on."""
-
-    outcome: Outcome
-    url: str  # ws:// or wss:// on the upstream
-    headers: list[tuple[str, str]]  # to send the upstream, handshake headers left out
-    protocols: list[str]  # subprotocols the client offered
-    settings: Settings
-
-
-def hand_off_for(
-    request: Exchange, peer: str, upstream: Upstream, target: Target, settings: Settings
-) -> HandOff:
-    scheme = "wss" if upstream.url.startswith("https") else "ws"
-    url = scheme + upstream.target(target.path_qs)[upstream.url.index(":") :]
-    headers = [
-        (name.decode("latin-1"), value.decode("latin-1"))
-        for name, value in forwarded_headers(request, peer, upstream, settings)
-        if name.lower().decode("latin-1") not in h.WEBSOCKET_HANDSHAKE
-    ]
-    protocols = h.split_list(request.header(b"sec-websocket-protocol") or "")
-    assert isinstance(request.outcome, Outcome)
-    return HandOff(request.outcome, url, headers, protocols, settings)
-
-
 class Proxy:
     """The request handler. ``settings`` is swapped whole on reload; each request reads it once."""
 
@@ -116,9 +92,8 @@ class Proxy:
         self.settings = settings
         self.pool = pool
         self.metrics = metrics
-        # Set by the wiring: takes a WebSocket handshake's connection (see websocket.py).
-        self.hand_off: Callable[[Exchange, ClientConnection, HandOff], None] | None = None
         self.memo = Memo(settings)
+        self.tunnels: set[Tunnel] = set()  # open WebSocket sessions
 
     def handle(self, request: Exchange, conn: ClientConnection) -> None:
         """Called once per request, in order, when its head has arrived."""
@@ -151,19 +126,15 @@ class Proxy:
         if upstream is None:
             outcome.note = "no route for this path"
             return self.error(conn, request, NOT_FOUND, outcome.note)
-        if websocket:
-            if not valid_handshake(request) or self.hand_off is None:
-                outcome.note = "malformed WebSocket handshake"
-                return self.error(conn, request, BAD_REQUEST, outcome.note)
-            return self.hand_off(
-                request, conn, hand_off_for(request, conn.peer, upstream, target, settings)
-            )
+        if websocket and not valid_handshake(request):
+            outcome.note = "malformed WebSocket handshake"
+            return self.error(conn, request, BAD_REQUEST, outcome.note)
         if request.upgrade and request.has_body:
             # llhttp stops at an upgrade before the body; served as plain HTTP, it would be lost.
             outcome.note = "an upgrade request with a body is not supported"
             return self.error(conn, request, BAD_REQUEST, outcome.note)
         request.task = asyncio.ensure_future(
-            self.forward(conn, request, upstream, target, prepared, settings)
+            self.forward(conn, request, upstream, target, prepared, settings, websocket)
         )
 
     async def forward(
@@ -174,14 +145,18 @@ class Proxy:
         target: Target,
         prepared: Prepared,
         settings: Settings,
+        websocket: bool = False,
     ) -> None:
         outcome: Outcome = request.outcome
-        head = upstream_request_head(request, conn.peer, upstream, target, settings)
+        head = upstream_request_head(request, conn.peer, upstream, target, settings, websocket)
         up: UpstreamConnection | None = None
         try:
-            up = await self.send(conn, request, upstream, head, settings)
+            up = await self.send(conn, request, upstream, head, settings, websocket)
             outcome.upstream_status = up.status
             lines = relayed_lines(up.headers, up.tokens, prepared)
+            if up.status == 101:
+                switched, up = up, None  # the tunnel owns its connection from now on
+                return await self.tunnel(conn, request, switched, lines, settings)
             first = up.attach(partial(conn.send_one, request))
             conn.start_response(request, up.status, up.reason, lines, up.framing, first)
             conn.source = up
@@ -239,6 +214,7 @@ class Proxy:
         upstream: Upstream,
         head: bytes,
         settings: Settings,
+        websocket: bool = False,
     ) -> UpstreamConnection:
         """Send the request and wait for the response head.
 
@@ -264,6 +240,7 @@ class Proxy:
                 head_only=request.method == "HEAD",
                 body=request.has_body,
                 chunked=request.framing.body is wire.Body.CHUNKED,
+                upgrade=websocket,
             )
             if request.has_body:
                 expect = request.header(b"expect")
@@ -286,6 +263,48 @@ class Proxy:
             except BaseException:
                 up.close()
                 raise
+
+    async def tunnel(
+        self,
+        conn: ClientConnection,
+        request: Exchange,
+        up: UpstreamConnection,
+        lines: list[bytes],
+        settings: Settings,
+    ) -> None:
+        """The upstream accepted the WebSocket: relay its 101, whole, then join the two
+        connections until either side ends the session; it is logged and counted then."""
+        upgrade = next((v for name, _, v in up.headers if name == b"upgrade"), b"websocket")
+        lines = [*lines, b"Connection: Upgrade\r\n", b"Upgrade: %s\r\n" % upgrade]
+        client, client_tail = conn.start_tunnel(request, up.reason, lines)
+        upstream, upstream_tail = up.transport, up.switched or b""
+        up.reset()
+        up.transport = None  # the tunnel writes to it now, never this object
+        assert upstream is not None
+        timeouts = settings.timeouts
+        tunnel = Tunnel(client, upstream, timeouts.websocket_idle, timeouts.send)
+        self.tunnels.add(tunnel)
+        self.metrics.websocket_sessions.inc()
+        try:
+            tunnel.start(client_tail, upstream_tail)
+            await tunnel.done
+        finally:
+            self.tunnels.discard(tunnel)
+            self.metrics.websocket_sessions.dec()
+        request.outcome.note = tunnel.reason
+        request.outcome.received = tunnel.client.received
+        request.sent += tunnel.upstream.received
+        conn.finish(request)
+
+    async def close_tunnels(self, timeout: float) -> None:
+        """Shutdown: open WebSocket sessions get ``timeout`` to end by themselves, then each
+        side a Close 1001 ("going away") at a frame boundary."""
+        if self.tunnels:
+            await asyncio.wait([t.done for t in self.tunnels], timeout=timeout)
+        for tunnel in list(self.tunnels):
+            tunnel.go_away()
+        if self.tunnels:
+            await asyncio.wait([t.done for t in self.tunnels], timeout=GOING_AWAY_GRACE + 1)
 
     def error(
         self,
@@ -312,6 +331,7 @@ class Proxy:
                 request.status,
                 request.sent,
                 request.header(b"origin"),
+                outcome.received,
             )
 
     def record(
@@ -323,6 +343,7 @@ class Proxy:
         status: int,
         size: int,
         origin: str | None,
+        received: int | None = None,
     ) -> None:
         """Count a finished request and write its access-log line."""
         decision = outcome.decision
@@ -351,6 +372,7 @@ class Proxy:
                 reason=decision.reason or outcome.note,
                 upstream_status=outcome.upstream_status,
                 size=size,
+                received=received,
             ),
             style,
         )
@@ -505,7 +527,12 @@ def forwarded_headers(
 
 
 def upstream_request_head(
-    request: Exchange, peer: str, upstream: Upstream, target: Target, settings: Settings
+    request: Exchange,
+    peer: str,
+    upstream: Upstream,
+    target: Target,
+    settings: Settings,
+    websocket: bool = False,
 ) -> bytes:
     path = (upstream.prefix + target.path_qs).encode("latin-1")
     lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode(), path)]
@@ -513,6 +540,8 @@ def upstream_request_head(
         b"%s: %s\r\n" % pair for pair in forwarded_headers(request, peer, upstream, settings)
     )
     lines.append(request.framing.header())  # the proxy's own, never the client's (wire.py)
+    if websocket:  # the handshake's own hop-by-hop pair; Sec-WebSocket-* pass as they are
+        lines.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
     lines.append(b"\r\n")
     return b"".join(lines)
 

@@ -102,6 +102,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.trailer_fields = 0
         self.progress = 0
         self.stall = 0
+        self.upgrade = False  # the request asked to switch protocols (a WebSocket handshake)
+        self.switched: bytes | None = None  # after a 101 to it: what followed, for the tunnel
 
     # --- the exchange, driven by the proxy
 
@@ -113,8 +115,10 @@ class UpstreamConnection(asyncio.Protocol):
         head_only: bool,
         body: bool,
         chunked: bool,
+        upgrade: bool = False,
     ) -> None:
         loop = self.loop
+        self.upgrade = upgrade
         self.head = loop.create_future()
         self.done = loop.create_future()
         self.client = client
@@ -199,6 +203,12 @@ class UpstreamConnection(asyncio.Protocol):
             self.fail(UpstreamError("protocol", "upstream closed the connection mid-response"))
 
     def data_received(self, data: bytes) -> None:
+        if self.switched is not None:
+            # Switched to a WebSocket: bytes for the tunnel, which takes over shortly.
+            self.switched += data
+            if len(self.switched) > READ_CHUNK:
+                self.pauses.pause("early")
+            return
         if self.done is None or self.done.done():
             self.close()  # nothing was asked: an upstream that talks out of turn is not reused
             return
@@ -210,6 +220,8 @@ class UpstreamConnection(asyncio.Protocol):
             room = wire.MAX_RESPONSE_HEAD - self.head_bytes
             if len(data) > room:
                 if not self.feed(data[:room]) or self.done.done():
+                    if self.switched is not None:
+                        self.switched += data[room:]
                     return
                 if not self.head.done():
                     self.fail(UpstreamError("protocol", "upstream response head over 64 KiB"))
@@ -241,7 +253,10 @@ class UpstreamConnection(asyncio.Protocol):
             message = str(exc.__context__) if isinstance(exc.__context__, _OutOfTurn) else ""
             self.fail(UpstreamError("protocol", message or "upstream sent an invalid response"))
             return False
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as exc:
+            if self.upgrade and self.status == 101:
+                self.switched = data[exc.args[0] :]
+                return True
             self.fail(UpstreamError("protocol", "upstream switched protocols unasked"))
             return False
         except httptools.HttpParserError as exc:
@@ -293,7 +308,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.progress += 1
         parser = self.parser
         status = parser.get_status_code()
-        self.interim = status < 200
+        self.interim = status < 200 and not (status == 101 and self.upgrade)
         if self.interim:
             self.head_fields = 0
             return  # 100 Continue and other interim answers are not passed on
@@ -314,8 +329,10 @@ class UpstreamConnection(asyncio.Protocol):
             raise _OutOfTurn("upstream used a transfer coding other than chunked")
         self.framing = framing = wire.response_framing(status, self.head_only, te, cl)
         self.tokens = tokens = wire.connection_tokens(connection)
-        self.keep_alive = framing.body is not Body.CLOSE and wire.keep_alive(
-            parser.get_http_version(), tokens
+        self.keep_alive = (
+            framing.body is not Body.CLOSE
+            and status != 101
+            and wire.keep_alive(parser.get_http_version(), tokens)
         )
         self.start_read_clock()  # an early answer: its body is waited for like any other
         assert self.head is not None

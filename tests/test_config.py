@@ -508,4 +508,3 @@ def test_routes_inheriting_origins_share_one_compiled_matcher() -> None:
     assert len(matchers) == 1
     assert settings.table.fallback.policy is not None
     assert id(settings.table.fallback.policy.origins) in matchers
-

@@ -277,6 +277,68 @@ async def test_websocket_from_the_page(upstream, make_proxy, pages, ctx, host: s
         assert counted(proxy, "websocket", "rejected") == 1
 
 
+BIG_WEBSOCKET_JS = """async ({url, size}) => {
+  const open = () => new Promise((resolve, reject) => {
+    const ws = new WebSocket(url, ['chat.v1', 'chat.v2']);
+    ws.binaryType = 'arraybuffer';
+    const timer = setTimeout(() => reject(new Error('timeout')), 10000);
+    ws.onopen = () => { clearTimeout(timer); resolve(ws); };
+    ws.onerror = () => { clearTimeout(timer); reject(new Error('error')); };
+  });
+  try {
+    const ws = await open();
+    const payload = new Uint8Array(size);
+    for (let i = 0; i < size; i++) payload[i] = i % 251;
+    const reply = await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('timeout')), 20000);
+      ws.onmessage = (event) => { clearTimeout(timer); resolve(event.data); };
+      ws.onerror = () => { clearTimeout(timer); reject(new Error('error')); };
+      ws.send(payload);
+    });
+    const back = new Uint8Array(reply);
+    let same = back.length === size;
+    for (let i = 0; same && i < size; i += 4099) same = back[i] === (i % 251);
+    const protocol = ws.protocol;
+    ws.close(4001, 'bye');
+    const second = await open();
+    second.close();
+    return {ok: true, protocol, length: back.length, same};
+  } catch (error) {
+    return {ok: false, error: String(error)};
+  }
+}"""
+
+
+async def test_websocket_tunnel_carries_subprotocol_big_message_and_cookie(
+    upstream, make_proxy, pages, ctx
+) -> None:
+    """Through the tunnel, Chromium gets the subprotocol the upstream chose, a 10 MiB
+    message both ways, and the cookie the upstream's 101 set (its next handshake sends it)."""
+    handshakes: list[str | None] = []
+    closes: list[int | None] = []
+
+    async def echo(request: web.BaseRequest) -> web.StreamResponse:
+        handshakes.append(request.headers.get("Cookie"))
+        ws = web.WebSocketResponse(protocols=("chat.v2",), max_msg_size=0)
+        ws.set_cookie("ws_session", "t0ken", path="/")
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type is WSMsgType.BINARY:
+                await ws.send_bytes(msg.data)
+        closes.append(ws.close_code)
+        return ws
+
+    upstream.handler = echo
+    proxy = await proxy_for(make_proxy, upstream, pages, "")
+    tab = await ctx.tab(pages.url())
+    size = 10 * 1024 * 1024
+    got = await tab.evaluate(BIG_WEBSOCKET_JS, {"url": f"ws://{API}:{proxy.port}/ws", "size": size})
+    assert got == {"ok": True, "protocol": "chat.v2", "length": size, "same": True}
+    assert handshakes[0] is None and handshakes[1] == "ws_session=t0ken"
+    await eventually(lambda: len(closes) == 2)
+    assert closes[0] == 4001  # the page's own close code, end to end
+
+
 @pytest.mark.parametrize(
     ("handler", "readable"),
     [(None, False), (upstream_star, True)],

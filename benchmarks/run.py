@@ -207,6 +207,33 @@ http {{
 
 PREFLIGHT_VARY = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
 
+# nginx tunnelling WebSockets, the way its documentation shows (no origin check: corsproxy's
+# handshake check is its only extra work, and it happens once per connection).
+WS_PROXY_CONF = (
+    NGINX_COMMON
+    + """\
+http {{
+"""
+    + HTTP_COMMON
+    + """\
+    upstream ws {{ server 127.0.0.1:{up}; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://ws;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection "upgrade";
+            proxy_read_timeout 3600s;
+        }}
+    }}
+}}
+"""
+)
+WS_CONNS = 16  # connections, each echoing one message at a time
+WS_SIZE = 32  # bytes of payload per message
+WS_LOAD = os.path.join(REPO, "benchmarks", "websocket_load.py")
+
 CORSPROXY_CONF = """\
 listen: 127.0.0.1:{port}
 upstream: http://127.0.0.1:{up}
@@ -598,6 +625,77 @@ def sanity(servers: dict[str, Server]) -> None:
         assert st == 403, (name, st)
 
 
+def websocket_scenario(nginx: str, workdir: str, rounds: int, seconds: float) -> str:
+    """Small WebSocket messages echoed by the demo's echo upstream, hit directly, through
+    nginx and through corsproxy; the proxy CPU per relayed message, in the same run."""
+    up = free_port()
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    echo = subprocess.Popen(
+        [sys.executable, "-m", "corsproxy.echo", "--listen", f"127.0.0.1:{up}"],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(f"{workdir}/ws-echo.log", "w"),  # noqa: SIM115 (child keeps it)
+    )
+    servers = {"upstream": Server("upstream", up, echo)}
+    results: dict[str, list[tuple[float, float]]] = {}
+    try:
+        wait_port(up, echo, timeout=20)
+        ngp = free_port()
+        conf = WS_PROXY_CONF.format(dir=workdir, name="wsproxy", port=ngp, up=up)
+        servers["nginx"] = start_nginx(nginx, workdir, "wsproxy", conf, ngp)
+        servers["corsproxy"] = start_corsproxy(workdir, "corsproxy-ws", free_port(), up, 1)
+
+        def load(server: Server, length: float) -> tuple[float, float]:
+            before = server.cpu()
+            args = (server.port, WS_CONNS, length, WS_SIZE)
+            out = subprocess.run(
+                [sys.executable, WS_LOAD, *map(str, args), ORIGIN],
+                capture_output=True,
+                text=True,
+                timeout=length + 30,
+                check=True,
+            )
+            cpu = server.cpu() - before
+            done = json.loads(out.stdout)
+            messages = 2 * done["round_trips"]  # one each way per round trip
+            return messages / done["seconds"], cpu / messages * 1e6
+
+        for server in servers.values():
+            load(server, 1)  # warm-up
+        targets = list(servers)
+        for rnd in range(rounds):
+            k = rnd % len(targets)
+            for t in targets[k:] + targets[:k]:
+                results.setdefault(t, []).append(load(servers[t], seconds))
+    finally:
+        for server in reversed(list(servers.values())):
+            server.stop()
+    lines = [
+        f"### WebSocket echo, {WS_SIZE} B messages  ({WS_CONNS} connections; median [min-max] "
+        f"over {rounds} round(s); (Nx) = ratio to nginx, median of per-round ratios)",
+        "",
+        "| target | messages/s | CPU us/message |",
+        "|---|---|---|",
+    ]
+    for t, label in (
+        ("upstream", "upstream direct (baseline; CPU is the echo upstream's)"),
+        ("nginx", "nginx"),
+        ("corsproxy", "corsproxy"),
+    ):
+        cells = []
+        for i in (0, 1):
+            values = [r[i] for r in results[t]]
+            lo, mid, hi = spread(values)
+            cell = f"{fmt(mid)} [{fmt(lo)}-{fmt(hi)}]"
+            if t != "nginx":
+                ratios = [r[i] / n[i] for r, n in zip(results[t], results["nginx"], strict=True)]
+                cell += f" ({statistics.median(ratios):.2f}x)"
+            cells.append(cell)
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -669,6 +767,8 @@ def main() -> int:
         for sc in plan:
             print(table(sc))
             print()
+        print(websocket_scenario(nginx, workdir, rounds, args.seconds))
+        print()
         print(f"total run time: {time.monotonic() - started:.0f} s")
         if args.json:
             with open(args.json, "w") as f:

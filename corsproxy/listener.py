@@ -16,18 +16,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
+from termios import TIOCOUTQ
 from typing import Any, NoReturn
 
 import httptools
 
 from corsproxy import wire
-from corsproxy.wire import NO_BODY_STATUSES, Body, Framing, Refusal
+from corsproxy.wire import MAX_FIELD, MAX_FIELDS, MAX_HEAD, NO_BODY_STATUSES, Body, Framing, Refusal
+from corsproxy.wire import REFUSED_METHODS as REFUSED
 
 log = logging.getLogger("corsproxy")
 
@@ -123,6 +127,20 @@ def whole_response(
 
 def _discard(_: bytes) -> None:
     pass
+
+
+def unsent_bytes(transport: asyncio.Transport | None) -> int:
+    """Bytes written for a peer and not yet taken by it: the transport's buffer plus, on
+    Linux, the kernel's unacknowledged send queue (a slow reader drains the kernel's queue
+    long before the transport's buffer moves)."""
+    if transport is None:
+        return 0
+    queued = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            queued += struct.unpack("i", fcntl.ioctl(sock.fileno(), TIOCOUTQ, b"\0" * 4))[0]
+    return queued
 
 
 class _Stop(Exception):
@@ -270,6 +288,7 @@ class ClientConnection(asyncio.Protocol):
         self.url_parts: list[bytes] = []
         self.url_size = 0
         self.head_size = 0  # bytes of the head being parsed, counted as fields complete
+        self.head_fields = 0  # its fields, dropped ones included
         self.in_head = False  # a request head is arriving
         self.trailer_size = 0
         self.trailer_fields = 0
@@ -277,6 +296,7 @@ class ClientConnection(asyncio.Protocol):
         self.stall = 0  # bytes fed since it last did
         self.write_paused = False
         self.send_timer: asyncio.TimerHandle | None = None
+        self.unsent = 0  # bytes waiting for the client when the send timer was armed
         self.source: Any = None  # has pause_/resume_reading: paused when the client reads slowly
         self.upgrade_tail: bytes | None = None
         self.closed = False  # the transport is gone (or handed to another protocol)
@@ -294,10 +314,12 @@ class ClientConnection(asyncio.Protocol):
         self.peer = peer[0] if isinstance(peer, tuple) else ""
         self.last_seen = self.listener.loop.time()
         self.listener.connections.add(self)
+        self.listener.count(1)  # metric hook: corsproxy_client_connections
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.listener.connections.discard(self)
+        self.listener.count(-1)  # metric hook: corsproxy_client_connections
         self.waiting.clear()
         self.stop_send_timer()
         active = self.active
@@ -309,7 +331,7 @@ class ClientConnection(asyncio.Protocol):
         parser = self.parser
         if parser is None:
             return  # closing, or handed over: nothing more is read as a request
-        progress = self.progress
+        progress = self.progress, self.head_fields
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -333,7 +355,7 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self.refuse(400, f"malformed request: {exc}")
             return
-        if self.progress != progress:
+        if (self.progress, self.head_fields) != progress:
             self.stall = 0
             return
         # Nothing finished in this whole read: a field, target or chunk line still growing
@@ -353,9 +375,7 @@ class ClientConnection(asyncio.Protocol):
         if self.source is not None:
             self.source.pause_reading()
         if self.send_timer is None:
-            self.send_timer = self.listener.loop.call_later(
-                self.listener.send_timeout, self.send_timed_out
-            )
+            self.arm_send_timer()
 
     def resume_writing(self) -> None:
         self.write_paused = False
@@ -369,10 +389,23 @@ class ClientConnection(asyncio.Protocol):
             self.send_timer.cancel()
             self.send_timer = None
 
+    def arm_send_timer(self) -> None:
+        self.unsent = unsent_bytes(self.transport)
+        self.send_timer = self.listener.loop.call_later(
+            self.listener.send_timeout, self.send_timed_out
+        )
+
     def send_timed_out(self) -> None:
+        """``timeouts.send`` passed with the client's buffer full: if the client took some
+        bytes meanwhile, it is slow, not gone, and gets another period."""
         self.send_timer = None
-        if self.write_paused and not self.closed:
-            self.close("client accepted no bytes for timeouts.send", abort=True)
+        transport = self.transport
+        if not self.write_paused or self.closed or transport is None:
+            return
+        if unsent_bytes(transport) < self.unsent:
+            self.arm_send_timer()
+            return
+        self.close("client accepted no bytes for timeouts.send", abort=True)
 
     # --- httptools callbacks
 
@@ -385,6 +418,7 @@ class ClientConnection(asyncio.Protocol):
         self.exchange = Exchange()
         self.url_parts = []
         self.url_size = self.head_size = self.trailer_size = self.trailer_fields = 0
+        self.head_fields = 0
         self.in_head = True
         self.head_began = self.last_seen
         self.progress += 1
@@ -397,33 +431,38 @@ class ClientConnection(asyncio.Protocol):
             self.stop(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.progress += 1
-        size = len(name) + len(value) + 4  # ": " and CRLF
+        # Runs for every field of every request: the limits are summed here and told apart
+        # only when one is passed. Each field is progress (head_fields, see data_received).
         if not self.in_head:
-            # A trailer after a chunked body: counted, bounded, never a header (RFC 9112 7.1.2).
-            self.trailer_size += size
-            self.trailer_fields += 1
-            if (
-                self.trailer_size > wire.MAX_TRAILER
-                or self.trailer_fields > wire.MAX_TRAILER_FIELDS
-            ):
-                self.stop(431, "request trailer section too large")
-            return
-        exchange = self.exchange
-        assert exchange is not None
+            return self.on_trailer(len(name) + len(value) + 4)
+        size = len(name) + len(value) + 4  # ": " and CRLF
         self.head_size += size
-        if size > wire.MAX_FIELD or len(exchange.headers) >= wire.MAX_FIELDS:
+        self.head_fields += 1
+        if (
+            size > MAX_FIELD
+            or self.head_fields > MAX_FIELDS
+            or self.head_size + self.url_size > MAX_HEAD
+        ):
+            if self.head_size + self.url_size > MAX_HEAD:
+                self.stop(431, "request head too large")
             self.stop(431, "request header fields too large")
-        if self.head_size + self.url_size > wire.MAX_HEAD:
-            self.stop(431, "request head too large")
+        exchange = self.exchange
         lname = name.lower()
-        if wire.dropped_request_field(lname):
+        if b"_" in lname:  # wire.dropped_request_field, inline: it runs for every field
             return
         exchange.headers.append((lname, name, value))
         if lname in WATCHED:
             exchange.fields.setdefault(lname, []).append(value)
             if lname in KEYED:
                 exchange.keyed += (lname, value)
+
+    def on_trailer(self, size: int) -> None:
+        """A field after a chunked body: counted, bounded, never a header (RFC 9112 7.1.2)."""
+        self.progress += 1
+        self.trailer_size += size
+        self.trailer_fields += 1
+        if self.trailer_size > wire.MAX_TRAILER or self.trailer_fields > wire.MAX_TRAILER_FIELDS:
+            self.stop(431, "request trailer section too large")
 
     def on_headers_complete(self) -> None:
         exchange = self.exchange
@@ -437,14 +476,17 @@ class ClientConnection(asyncio.Protocol):
         exchange.version = version = parser.get_http_version()
         fields = exchange.fields
         te = fields.get(b"transfer-encoding")
-        refusal = wire.refuse_request(method, version, len(fields.get(b"host", ())), te)
-        if refusal is not None:
-            self.stop(*refusal)
+        hosts = fields.get(b"host")
+        if te or version != "1.1" or hosts is None or len(hosts) != 1 or method in REFUSED:
+            refusal = wire.refuse_request(method, version, len(hosts or ()), te)
+            if refusal is not None:
+                self.stop(*refusal)
+        connection = fields.get(b"connection")
         exchange.keep_alive = wire.keep_alive(
-            version, wire.connection_tokens(fields.get(b"connection", ()))
+            version, wire.connection_tokens(connection) if connection else wire.NO_TOKENS
         )
         exchange.framing = framing = wire.request_framing(te, fields.get(b"content-length"))
-        exchange.has_body = framing.body is Body.CHUNKED or framing.length > 0
+        exchange.has_body = framing is wire.CHUNKED or framing.length > 0
         exchange.upgrade = parser.should_upgrade()
         if exchange.upgrade and exchange.has_body:
             # What follows cannot be trusted to be a request: llhttp stops before the body
@@ -720,6 +762,7 @@ class ClientConnection(asyncio.Protocol):
         self.closed = True
         self.stop_send_timer()
         self.listener.connections.discard(self)
+        self.listener.count(-1)  # metric hook: the tunnel's own gauge counts it from here
         self.pauses.reasons.clear()
         self.pauses.transport = None
         return transport, tail
@@ -776,6 +819,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if (self.exchange is None and not self.unread) or not transport.can_write_eof():
             transport.close()  # nothing more is coming (or TLS, which cannot half-close)
+            self.bound_flush(transport)
             return
         try:
             transport.write_eof()
@@ -783,7 +827,17 @@ class ClientConnection(asyncio.Protocol):
             transport.abort()
             return
         self.pauses.clear()
-        self.listener.loop.call_later(LINGER, transport.close)
+        self.listener.loop.call_later(LINGER, self.end_linger, transport)
+
+    def end_linger(self, transport: asyncio.Transport) -> None:
+        transport.close()
+        self.bound_flush(transport)
+
+    def bound_flush(self, transport: asyncio.Transport) -> None:
+        """A closed transport still sends what it holds; a client that reads none of it
+        would keep it forever, so it gets timeouts.send, then a reset."""
+        if transport.get_write_buffer_size():
+            self.listener.loop.call_later(self.listener.send_timeout, transport.abort)
 
 
 class Listener:
@@ -808,6 +862,7 @@ class Listener:
         self.server: asyncio.Server | None = None
         self.sweeper: asyncio.Task[None] | None = None
         self.sweepers: list[Callable[[], None]] = []  # run with each sweep (upstream pools)
+        self.count: Callable[[int], object] = lambda change: None  # metric hook (app.start)
 
     def __call__(self) -> ClientConnection:
         return ClientConnection(self)

@@ -10,6 +10,8 @@ connection goes back to the pool only when its response was read to the end.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -27,15 +29,35 @@ if TYPE_CHECKING:
     from corsproxy.policy import Upstream
 
 
+FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+
+
 class UpstreamError(Exception):
     """``reason`` is the metric label: connect, timeout or protocol. ``stale`` means a pooled
     connection was found closed before any byte of an answer: nothing was processed."""
 
-    def __init__(self, reason: str, message: str, stale: bool = False) -> None:
+    def __init__(self, reason: str, message: str, stale: bool = False, cause: str = "") -> None:
         super().__init__(message)
         self.reason = reason
-        self.message = message
+        self.message = message  # for the client: never the upstream's address
         self.stale = stale
+        self.cause = cause  # for the operator: what failed, in a few words
+
+    @property
+    def explained(self) -> str:
+        """The message with its cause, for the access log."""
+        return f"{self.message} ({self.cause})" if self.cause else self.message
+
+
+def describe_os_error(exc: OSError) -> str:
+    """A connect failure in a few lowercase words: 'connection refused', 'name not found'."""
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}".replace("_", " ").lower()
+    if isinstance(exc, socket.gaierror):
+        return "name not found"
+    if exc.errno:  # asyncio words it "Connect call failed (...)": the OS's text is clearer
+        return os.strerror(exc.errno).lower()
+    return (str(exc) or type(exc).__name__).lower()
 
 
 class BrokenBody(Exception):
@@ -67,12 +89,15 @@ class UpstreamConnection(asyncio.Protocol):
         self.reused = False
         self.idle_since = 0.0
         self.timer: asyncio.TimerHandle | None = None
+        self.send_timer: asyncio.TimerHandle | None = None
         self.reset()
 
     def reset(self) -> None:
         """Forget the exchange: ready for the next one (or to be closed)."""
         if self.timer is not None:
             self.timer.cancel()
+        if self.send_timer is not None:
+            self.send_timer.cancel()
         if not self.closed:
             self.pauses.clear()  # never pooled paused: it would not hear a close
         self.head: asyncio.Future[None] | None = None
@@ -82,6 +107,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.interim = False
         self.reason = b""
         self.headers: RawHeaders = []
+        self.framing_fields: list[tuple[bytes, bytes]] = []  # CL, TE and Connection values
         self.tokens: frozenset[bytes] = frozenset()  # what the answer's Connection lists
         self.framing: Framing = wire.NO_BODY
         self.keep_alive = True
@@ -94,6 +120,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.early_size = 0
         self.client: ClientConnection | None = None
         self.read_timeout = 0.0
+        self.send_timeout = 60.0
+        self.send_timer: asyncio.TimerHandle | None = None
         self.last_read = 0.0
         self.timer = None
         self.head_bytes = 0  # read before the final head was complete (1xx included)
@@ -112,6 +140,7 @@ class UpstreamConnection(asyncio.Protocol):
         head: bytes,
         client: ClientConnection,
         read_timeout: float,
+        send_timeout: float,
         head_only: bool,
         body: bool,
         chunked: bool,
@@ -126,10 +155,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.request_sent = not body
         self.chunked_request = chunked
         self.read_timeout = read_timeout
+        self.send_timeout = send_timeout
         assert self.transport is not None
         self.transport.write(head)
-        if not body:
-            self.start_read_clock()
+        if not body:  # sent whole: timeouts.read runs from now (start_read_clock, inline)
+            self.last_read = now = loop.time()
+            self.timer = loop.call_at(now + read_timeout, self.check_timeout)
 
     def send_body(self, data: bytes) -> None:
         if self.transport is None or self.closed or not data:
@@ -181,6 +212,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         if self.timer is not None:
             self.timer.cancel()
+        if self.send_timer is not None:
+            self.send_timer.cancel()
         if self.transport is not None:
             self.transport.close()
 
@@ -194,8 +227,13 @@ class UpstreamConnection(asyncio.Protocol):
         self.pool.forget(self)
         if self.done is None or self.done.done():
             return
-        if self.framing.body is Body.CLOSE and self.head is not None and self.head.done():
-            self.on_message_complete()  # the body was delimited by the close
+        if (
+            exc is None
+            and self.framing.body is Body.CLOSE
+            and self.head is not None
+            and self.head.done()
+        ):
+            self.on_message_complete()  # the body was delimited by the (orderly) close
             return
         if not self.got_data:
             self.fail(UpstreamError("protocol", "upstream closed the connection", self.reused))
@@ -230,7 +268,12 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 self.head_bytes += len(data)
         progress = self.progress
-        if not self.feed(data) or self.done is None or self.done.done():
+        try:
+            self.parser.feed_data(data)  # feed(), inline on the common path
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            if not self.parser_stopped(exc, data):
+                return
+        if self.done.done():
             return
         if self.progress != progress:
             self.stall = 0
@@ -243,34 +286,53 @@ class UpstreamConnection(asyncio.Protocol):
         """Parse ``data``; False when the exchange ended in a failure."""
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, _HeadOnly):
-                # Whatever came after the head in this read is never parsed; anything that
-                # arrives later, before a next request, closes the connection (data_received).
-                self.parser = httptools.HttpResponseParser(self)
-                self.on_message_complete()
-                return True
-            message = str(exc.__context__) if isinstance(exc.__context__, _OutOfTurn) else ""
-            self.fail(UpstreamError("protocol", message or "upstream sent an invalid response"))
-            return False
-        except httptools.HttpParserUpgrade as exc:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            return self.parser_stopped(exc, data)
+        return True
+
+    def parser_stopped(self, exc: Exception, data: bytes) -> bool:
+        """The parser stopped in ``data``: at the end of a HEAD answer's head, at a switch
+        to a WebSocket, or on a fault (the exchange fails: False)."""
+        if isinstance(exc, httptools.HttpParserUpgrade):
             if self.upgrade and self.status == 101:
                 self.switched = data[exc.args[0] :]
                 return True
             self.fail(UpstreamError("protocol", "upstream switched protocols unasked"))
             return False
-        except httptools.HttpParserError as exc:
-            self.fail(UpstreamError("protocol", f"upstream sent an invalid response ({exc})"))
+        if isinstance(exc, httptools.HttpParserCallbackError):
+            cause = exc.__context__
+            if isinstance(cause, _HeadOnly):
+                # Whatever came after the head in this read is never parsed; anything that
+                # arrives later, before a next request, closes the connection (data_received).
+                self.parser = httptools.HttpResponseParser(self)
+                self.on_message_complete()
+                return True
+            message = str(cause) if isinstance(cause, _OutOfTurn) else ""
+            self.fail(UpstreamError("protocol", message or "upstream sent an invalid response"))
             return False
-        return True
+        self.fail(UpstreamError("protocol", f"upstream sent an invalid response ({exc})"))
+        return False
 
     def pause_writing(self) -> None:
+        """The upstream reads the upload slower than the client sends it: stop reading the
+        client, and give the upstream ``timeouts.send`` to take more (nginx's
+        proxy_send_timeout)."""
         if self.client is not None:
             self.client.pauses.pause("upload")
+        if self.send_timer is None and self.done is not None and not self.done.done():
+            self.send_timer = self.loop.call_later(self.send_timeout, self.send_timed_out)
 
     def resume_writing(self) -> None:
+        if self.send_timer is not None:
+            self.send_timer.cancel()
+            self.send_timer = None
         if self.client is not None:
             self.client.pauses.resume("upload")
+
+    def send_timed_out(self) -> None:
+        self.send_timer = None
+        if self.done is not None and not self.done.done():
+            self.fail(UpstreamError("timeout", "upstream accepted no bytes for timeouts.send"))
 
     # --- httptools callbacks
 
@@ -280,6 +342,7 @@ class UpstreamConnection(asyncio.Protocol):
             # body after a 204): never relayed, and the connection is not reused.
             raise _OutOfTurn("upstream sent more than one answer")
         self.headers = []
+        self.framing_fields = []
         self.reason = b""
         self.progress += 1
 
@@ -302,7 +365,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.head_fields += 1
         if self.head_fields > wire.MAX_RESPONSE_FIELDS:
             raise _OutOfTurn("upstream response has too many header fields")
-        self.headers.append((name.lower(), name, value))
+        lname = name.lower()
+        self.headers.append((lname, name, value))
+        if lname in FRAMING_FIELDS:
+            self.framing_fields.append((lname, value))
 
     def on_headers_complete(self) -> None:
         self.progress += 1
@@ -316,25 +382,26 @@ class UpstreamConnection(asyncio.Protocol):
         te: list[bytes] = []
         cl: list[bytes] = []
         connection: list[bytes] = []
-        for lname, _, value in self.headers:
+        for lname, value in self.framing_fields:
             if lname == b"content-length":
                 cl.append(value)
             elif lname == b"transfer-encoding":
                 te.append(value)
-            elif lname == b"connection":
+            else:
                 connection.append(value)
         if te and wire.codings(te) != [b"chunked"]:
             # llhttp undoes only the chunking; relaying the rest without its coding would
             # hand the client bytes it cannot read.
             raise _OutOfTurn("upstream used a transfer coding other than chunked")
         self.framing = framing = wire.response_framing(status, self.head_only, te, cl)
-        self.tokens = tokens = wire.connection_tokens(connection)
+        self.tokens = tokens = wire.connection_tokens(connection) if connection else wire.NO_TOKENS
         self.keep_alive = (
             framing.body is not Body.CLOSE
             and status != 101
             and wire.keep_alive(parser.get_http_version(), tokens)
         )
-        self.start_read_clock()  # an early answer: its body is waited for like any other
+        if self.timer is None:
+            self.start_read_clock()  # an early answer: its body is waited for like any other
         assert self.head is not None
         if not self.head.done():
             self.head.set_result(None)
@@ -380,7 +447,8 @@ class UpstreamConnection(asyncio.Protocol):
         if due > self.loop.time():
             self.timer = self.loop.call_at(due, self.check_timeout)
             return
-        self.fail(UpstreamError("timeout", "upstream did not answer in time"))
+        cause = "read: nothing within timeouts.read"
+        self.fail(UpstreamError("timeout", "upstream did not answer in time", cause=cause))
 
     def fail(self, error: Exception) -> None:
         for future in (self.head, self.done):
@@ -421,9 +489,11 @@ class UpstreamPool:
                     server_hostname=host if context is not None else None,
                 )
         except TimeoutError:
-            raise UpstreamError("timeout", "upstream did not answer in time") from None
-        except (OSError, ssl.SSLError):
-            raise UpstreamError("connect", "upstream unreachable") from None
+            cause = "connect: no connection within timeouts.connect"
+            raise UpstreamError("timeout", "upstream did not answer in time", cause=cause) from None
+        except OSError as exc:
+            cause = f"connect: {describe_os_error(exc)}"
+            raise UpstreamError("connect", "upstream unreachable", cause=cause) from None
         return conn
 
     def endpoint(self, url: str) -> tuple[str, int, ssl.SSLContext | None]:

@@ -10,6 +10,7 @@ disagree on where a message ends (request smuggling, response splitting).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from enum import Enum
 from typing import NamedTuple
@@ -83,7 +84,8 @@ def content_length(values: list[bytes]) -> int:
 
 def request_framing(te: list[bytes] | None, cl: list[bytes] | None) -> Framing:
     """RFC 9112 6.3 for a request the parser accepted (it refuses CL with TE, two CLs and
-    a TE whose last coding is not chunked): chunked, N bytes, or nothing."""
+    a TE whose last coding is not chunked): chunked (the CHUNKED object itself), N bytes,
+    or nothing."""
     if te:
         return CHUNKED
     if cl:
@@ -118,8 +120,16 @@ def relayed_framing(upstream: Framing, status: int, version: str) -> Framing:
 
 
 def connection_tokens(values: Iterable[bytes]) -> frozenset[bytes]:
-    """Lowercase names listed in Connection headers."""
+    """Lowercase names listed in Connection headers (nearly always one of a few values)."""
+    return _tokens(tuple(values))
+
+
+@functools.lru_cache(maxsize=256)
+def _tokens(values: tuple[bytes, ...]) -> frozenset[bytes]:
     return frozenset(t.strip().lower() for v in values for t in v.split(b",") if t.strip())
+
+
+NO_TOKENS: frozenset[bytes] = frozenset()  # no Connection header
 
 
 def keep_alive(version: str, tokens: frozenset[bytes]) -> bool:
@@ -130,6 +140,7 @@ def keep_alive(version: str, tokens: frozenset[bytes]) -> bool:
     return version == "1.1" or b"keep-alive" in tokens
 
 
+@functools.lru_cache(maxsize=256)
 def hop_by_hop(tokens: frozenset[bytes]) -> frozenset[bytes]:
     """The names not relayed past this hop: the fixed set plus what Connection lists, never
     a framing header or Host (those the proxy always writes itself)."""

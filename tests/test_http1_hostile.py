@@ -10,9 +10,11 @@ parser: what it records is what an upstream would act on) or a bare scripted ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
+import struct
 
 import pytest
 from procutil import eventually
@@ -451,3 +453,134 @@ async def test_allowed_origin_sees_the_refusal_log_line(upstream, make_proxy, ca
     await eventually(logged, 5)
     (line,) = [line for line in lines if line["status"] == 405]
     assert line["method"] == "TRACE" and "TRACE" in line["reason"]
+
+
+# --- found by review: deadlines on every wait, lost data never passed off as whole ----------
+
+SEND = CONFIG + "timeouts: {{read: 5, send: 0.5, idle: 5}}\n"
+
+
+async def small_buffer_server(script) -> tuple[asyncio.Server, str]:
+    """A scripted upstream whose sockets have a 4 KiB receive buffer (set on the listening
+    socket, so accepted ones inherit it): it pushes back after a few KiB on any machine."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.bind(("127.0.0.1", 0))
+    server = await asyncio.start_server(script, sock=sock)
+    return server, f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+async def test_upstream_that_stops_reading_an_upload_gets_504_after_timeouts_send(make_proxy):
+    """nginx's proxy_send_timeout: an upstream that accepts no bytes of the request body for
+    timeouts.send fails the exchange (504), instead of holding both connections forever."""
+    stop = asyncio.Event()
+
+    async def never_reads(reader, writer) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await stop.wait()  # the scenario: an upstream that reads nothing more
+        writer.close()
+
+    server, url = await small_buffer_server(never_reads)
+    proxy = await make_proxy(SEND, upstream=url)
+    try:
+        async with connection(proxy.port) as (reader, writer):
+            writer.write(request("POST", "/up", f"Content-Length: {256 * MiB}"))
+
+            async def upload() -> None:
+                with contextlib.suppress(ConnectionError):
+                    for _ in range(256):
+                        writer.write(b"u" * MiB)
+                        await writer.drain()
+
+            sending = asyncio.ensure_future(upload())
+            try:
+                response = await read_response(reader, timeout=10)
+            finally:
+                sending.cancel()
+            assert response.status == 504
+            assert response.header("Connection") == "close"
+    finally:
+        stop.set()
+        server.close()
+
+
+async def test_closed_connection_whose_client_reads_nothing_is_released(upstream, make_proxy):
+    """A response smaller than the write buffer's high-water mark never pauses writing, so
+    no send timer ran; a Connection: close answer to a client that reads nothing kept the
+    connection forever. Now a close with bytes still queued gets timeouts.send."""
+
+    async def sized(request):
+        from aiohttp import web
+
+        return web.Response(body=b"b" * int(request.query["n"]))
+
+    upstream.handler = sized
+    proxy = await make_proxy(SEND, upstream=upstream.url)
+    writers = []
+    loop = asyncio.get_running_loop()
+    sizes = [50_000 * 2**k for k in range(8)]  # 50 KB to 6.4 MB: some tail fits the buffer
+    for size in sizes:
+        sock = small_receive_buffer_socket()
+        await loop.sock_connect(sock, ("127.0.0.1", proxy.port))
+        _, writer = await asyncio.open_connection(sock=sock)
+        writer.write(request("GET", f"/x?n={size}", close=True))
+        writers.append(writer)
+    try:
+        await eventually(lambda: len(upstream.seen) == len(sizes), 5, "requests reached upstream")
+        await eventually(lambda: not proxy.listener.connections, 6, "every connection released")
+    finally:
+        for writer in writers:
+            writer.transport.abort()
+
+
+async def test_upstream_reset_mid_body_is_never_a_whole_body(raw_upstream, make_proxy):
+    """A body delimited by the upstream's close ends only at an orderly close: a reset cuts
+    the client's connection instead of sending the last chunk of a truncated body."""
+
+    async def resets(up: RawUpstream, reader, writer) -> None:
+        await up.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\npartial-body-")
+        await writer.drain()
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    up = await raw_upstream(resets)
+    proxy = await make_proxy(CONFIG, upstream=up.url)
+    async with connection(proxy.port) as (reader, writer):
+        writer.write(request("GET", "/x"))
+        with pytest.raises((asyncio.IncompleteReadError, ConnectionError)):
+            await read_response(reader)
+
+
+async def test_underscore_fields_count_toward_the_field_limit(upstream, make_proxy):
+    """Dropped fields are still fields: 5,000 of them are 431, not a 200."""
+    proxy = await make_proxy(CONFIG, upstream=upstream.url)
+    async with connection(proxy.port) as (reader, writer):
+        writer.write(request("GET", "/x", *[f"x_{n}: v" for n in range(5000)]))
+        assert (await read_response(reader)).status == 431
+    assert upstream.seen == []
+
+
+async def test_slow_client_still_reading_is_not_cut_by_timeouts_send(raw_upstream, make_proxy):
+    """timeouts.send is for a client that accepts no bytes: one that keeps reading, however
+    slowly, keeps its connection (the timer is re-armed while the buffer drains)."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (64 * MiB)
+    up = await raw_upstream(streamed_answer(head, 64 * MiB, b"d" * 65536))
+    proxy = await make_proxy(SEND, upstream=up.url)
+    sock = small_receive_buffer_socket()
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", proxy.port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+    received = 0
+    try:
+        writer.write(request("GET", "/big"))
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 2.5  # five times timeouts.send
+        while loop.time() < until:
+            data = await asyncio.wait_for(reader.read(512), 2)
+            assert data, "the proxy closed a connection whose client was reading"
+            received += len(data)
+            await asyncio.sleep(0.05)  # the scenario: a reader of about 10 KB/s
+    finally:
+        writer.transport.abort()
+    assert received > 5_000

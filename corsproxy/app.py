@@ -6,12 +6,13 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import ssl
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from corsproxy.admin import AdminView, start_admin
+from corsproxy.admin import AdminServer, AdminView, config_view, host_port, start_admin
 from corsproxy.listener import Listener
 from corsproxy.metrics import ReloadMetrics, RequestMetrics, exposition
 from corsproxy.policy import Settings
@@ -25,6 +26,28 @@ T = TypeVar("T")
 
 class TLSError(Exception):
     """``tls.cert`` / ``tls.key`` cannot be used; the message says which file and why."""
+
+
+class ListenError(OSError):
+    """A listener cannot open its port; the message names which one, the address and why:
+    ``cannot listen on the admin address 127.0.0.1:9901: address already in use``."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def bind_failure(which: str, host: str, port: int, exc: OSError) -> ListenError:
+    if isinstance(exc, ListenError):
+        return exc
+    if isinstance(exc, socket.gaierror) or not exc.errno:
+        why = exc.strerror or str(exc)
+    else:
+        why = os.strerror(exc.errno)
+    return ListenError(f"cannot listen on {which}{host_port(host, port)}: {why.lower()}")
 
 
 class _EncryptedKey(Exception):
@@ -105,6 +128,7 @@ async def start(
     timeouts = settings.timeouts
     listener = Listener(proxy.handle, proxy.finished, proxy.malformed, timeouts.idle, timeouts.send)
     listener.sweepers.append(pool.sweep)
+    listener.count = metrics.client_connections.inc  # +1/-1 per client connection
     try:
         port = await listener.start(
             settings.listen_host,
@@ -113,10 +137,73 @@ async def start(
             reuse_address=True,
             reuse_port=reuse_port or None,
         )
-    except BaseException:
+    except BaseException as exc:
         await listener.close(0)
+        if isinstance(exc, OSError):
+            raise bind_failure("", settings.listen_host, settings.listen_port, exc) from None
         raise
     return Running(proxy, listener, metrics, settings.listen_host, port)
+
+
+async def open_admin(settings: Settings, view: AdminView) -> AdminServer | None:
+    """The admin listener of ``settings``, if it has one; ListenError if its port is taken."""
+    if settings.admin is None:
+        return None
+    host, port = settings.admin
+    try:
+        return await start_admin(view, host, port)
+    except OSError as exc:
+        raise bind_failure("the admin address ", host, port, exc) from None
+
+
+def admin_url(settings: Settings) -> str | None:
+    return None if settings.admin is None else f"http://{host_port(*settings.admin)}"
+
+
+def summary(
+    described: str, settings: Settings, url: str, pids: list[int], workers: bool = False
+) -> str:
+    """The one start-up line: where it listens, the admin listener, the config, how many
+    routes and upstreams, which processes serve."""
+    routes = settings.table.routes
+    upstreams = {
+        (u.url, u.prefix)
+        for u in [r.upstream for r in routes] + [settings.table.fallback.upstream]
+        if u is not None
+    }
+    pid_list = ", ".join(str(pid) for pid in pids)
+    served = (
+        f"{len(pids)} worker{plural(len(pids))} (pid{plural(len(pids))} {pid_list})"
+        if workers
+        else f"1 process (pid {pid_list})"
+    )
+    return (
+        f"corsproxy listening on {url}, admin {admin_url(settings) or 'off'}; {described}: "
+        f"{len(routes)} route{plural(len(routes))}, "
+        f"{len(upstreams)} upstream{plural(len(upstreams))}; {served}"
+    )
+
+
+def plural(count: int) -> str:
+    return "" if count == 1 else "s"
+
+
+async def demo_admin(running: Running) -> tuple[AdminServer | None, str]:
+    """``demo``: the admin listener of its config, or a line that says why there is none."""
+    process = ReloadMetrics()  # nothing reloads in the demo: the build and process_* series
+    view = AdminView(
+        ready=lambda: True,
+        metrics=lambda: exposition(running.metrics.registry, process.registry),
+        config=lambda: config_view(running.proxy.settings),
+    )
+    try:
+        admin = await open_admin(running.proxy.settings, view)
+    except ListenError as exc:
+        return None, f"admin listener: not started: {exc}"
+    url = admin_url(running.proxy.settings)
+    if admin is None:
+        return None, "admin listener: off (the config sets no admin address)"
+    return admin, f"admin listener: {url} (/healthz /readyz /metrics /config)"
 
 
 def stop_on_signals(*signals: signal.Signals) -> asyncio.Event:
@@ -132,19 +219,17 @@ async def serve(source: ConfigSource, settings: Settings, announce: str | None =
     running = await start(settings)
     reload_metrics = ReloadMetrics()
     reloader = Reloader(source, lambda: running.proxy.settings, running.apply, reload_metrics)
-    admin = None
+    view = AdminView(
+        ready=lambda: True,
+        metrics=lambda: exposition(running.metrics.registry, reload_metrics.registry),
+        config=lambda: config_view(running.proxy.settings),
+    )
     try:
-        if settings.admin is not None:
-            view = AdminView(
-                ready=lambda: True,
-                metrics=lambda: exposition(running.metrics.registry, reload_metrics.registry),
-                config=lambda: running.proxy.settings.effective,
-            )
-            admin = await start_admin(view, *settings.admin)
+        admin = await open_admin(settings, view)
     except BaseException:
         await running.stop()
         raise
-    log.info("corsproxy listening on %s", running.url)
+    log.info("%s", summary(source.describe(), settings, running.url, [os.getpid()]))
     if announce:
         print(announce.format(url=running.url), flush=True)
     loop = asyncio.get_running_loop()

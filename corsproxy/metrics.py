@@ -6,6 +6,7 @@ With several workers, each worker process writes its samples to files in a share
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import (
@@ -13,10 +14,15 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
 from prometheus_client import multiprocess as prometheus_multiprocess
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from corsproxy import __version__
 
 # The classic text format, which ``generate_latest`` writes by default. The library's own
 # CONTENT_TYPE_LATEST says version=1.0.0 since 0.22; it sends that only to a scraper that asks.
@@ -51,9 +57,29 @@ class RequestMetrics:
             registry=self.registry,
         )
 
+        self.responses = Counter(
+            "corsproxy_responses",
+            "Responses by route and the status code sent to the client (499: client hung up).",
+            ["route", "code"],
+            registry=self.registry,
+        )
+        # Gauges: with workers, each worker writes its own value and /metrics shows the sum
+        # over the live ones (a dead worker's connections are gone with it).
         self.websocket_sessions = Gauge(
             "corsproxy_websocket_sessions",
             "Open WebSocket tunnels.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.in_flight = Gauge(
+            "corsproxy_requests_in_flight",
+            "Requests being answered now (a WebSocket session, until it ends).",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.client_connections = Gauge(
+            "corsproxy_client_connections",
+            "Open client connections (one handed to a WebSocket tunnel counts as a session).",
             registry=self.registry,
             multiprocess_mode="livesum",
         )
@@ -61,6 +87,7 @@ class RequestMetrics:
         # Labelled children, looked up once: ``labels()`` takes a lock and builds a key.
         self.counted: dict[tuple[str, str, str], Any] = {}
         self.timed: dict[str, Any] = {}
+        self.coded: dict[tuple[str, int], Any] = {}
 
     def observe(
         self, route: str, kind: str, decision: str, upstream_error: str | None, seconds: float
@@ -77,20 +104,92 @@ class RequestMetrics:
             histogram = self.timed[route] = self.duration.labels(route)
         histogram.observe(seconds)
 
+    def respond(self, route: str, status: int) -> None:
+        """Count a response by the status the client got."""
+        key = (route, status)
+        counter = self.coded.get(key)
+        if counter is None:
+            counter = self.coded[key] = self.responses.labels(route, str(status))
+        counter.inc()
+
+
+RELOAD_RESULTS = ("success", "failure", "unchanged")
+
 
 class ReloadMetrics:
-    """Counted once per reload by the process that reads the file."""
+    """What the process that reads the config file exports (the supervisor, with workers):
+    reloads, the state of the last one, the build, and the process_* series.
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    ``processes`` lists (pid, role) of the processes whose process_* series to export, each
+    with those two labels; without it, this process's own series, unlabelled."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        processes: Callable[[], Iterable[tuple[int, str]]] | None = None,
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.reloads = Counter(
             "corsproxy_config_reloads",
-            "Config reloads by result (success, failure).",
+            "Config reloads by result (success, failure, unchanged).",
             ["result"],
             registry=self.registry,
         )
-        for result in ("success", "failure"):
-            self.reloads.labels(result)  # both series exist from the start, at 0
+        for result in RELOAD_RESULTS:
+            self.reloads.labels(result)  # every series exists from the start, at 0
+        self.last_successful = Gauge(
+            "corsproxy_config_last_reload_successful",
+            "1 if the last reload attempt left the file's settings in force, else 0.",
+            registry=self.registry,
+        )
+        self.last_success = Gauge(
+            "corsproxy_config_last_reload_success_timestamp_seconds",
+            "When settings were last loaded from the config (start-up or reload), Unix time.",
+            registry=self.registry,
+        )
+        self.build_info = Gauge(
+            "corsproxy_build_info",
+            "Always 1; the version in a label.",
+            ["version"],
+            registry=self.registry,
+        )
+        self.build_info.labels(__version__).set(1)
+        self.last_successful.set(1)  # the settings loaded at start-up are in force
+        self.last_success.set_to_current_time()
+        if processes is None:
+            ProcessCollector(registry=self.registry)
+        else:
+            self.registry.register(ProcessesCollector(processes))
+
+    def counted(self, result: str) -> None:
+        """Count one reload attempt: ``success``, ``failure`` or ``unchanged``."""
+        self.reloads.labels(result).inc()
+        self.last_successful.set(0 if result == "failure" else 1)
+        if result == "success":
+            self.last_success.set_to_current_time()
+
+
+class ProcessesCollector(Collector):
+    """The process_* series of several processes (read from /proc), each labelled with its
+    ``pid`` and ``role``: with workers, the supervisor and every live worker."""
+
+    def __init__(self, processes: Callable[[], Iterable[tuple[int, str]]]) -> None:
+        self.processes = processes
+
+    def collect(self) -> Iterable[Metric]:
+        families: dict[str, Metric] = {}
+        for pid, role in self.processes():
+            collector = ProcessCollector(pid=lambda pid=pid: pid, registry=None)
+            for family in collector.collect():
+                merged = families.get(family.name)
+                if merged is None:
+                    merged = families[family.name] = Metric(
+                        family.name, family.documentation, family.type
+                    )
+                for sample in family.samples:
+                    labels = {**sample.labels, "pid": str(pid), "role": role}
+                    merged.add_sample(sample.name, labels, sample.value)
+        return list(families.values())
 
 
 def exposition(*registries: CollectorRegistry) -> bytes:

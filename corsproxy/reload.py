@@ -16,12 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from corsproxy.admin import config_view
 from corsproxy.config import (
     ConfigInvalid,
     Diagnostic,
     Overrides,
     load_settings,
     settings_from_flags,
+    split_host_port,
 )
 from corsproxy.metrics import ReloadMetrics
 from corsproxy.policy import Settings
@@ -48,11 +50,34 @@ class ConfigSource:
 
     path: str | None
     overrides: Overrides = dataclasses.field(default_factory=Overrides)
+    admin: tuple[str, str] | None = None  # (HOST:PORT, the flag or variable that gave it)
 
     def load(self) -> tuple[Settings, list[Diagnostic]]:
+        """Raises ConfigInvalid."""
+        admin = self.admin_address()
         if self.path is None:
-            return settings_from_flags(self.overrides)
-        return load_settings(self.path, self.overrides)
+            settings, warnings = settings_from_flags(self.overrides)
+        else:
+            settings, warnings = load_settings(self.path, self.overrides)
+        if admin is not None:
+            assert self.admin is not None
+            effective = {**settings.effective, "admin": self.admin[0]}
+            settings = dataclasses.replace(settings, admin=admin, effective=effective)
+        return settings, warnings
+
+    def admin_address(self) -> tuple[str, int] | None:
+        """``--admin`` / ``$CORSPROXY_ADMIN``, which replaces the file's ``admin``."""
+        if self.admin is None:
+            return None
+        text, where = self.admin
+        host, port = split_host_port(text)
+        if host is None or port is None or not 0 <= port <= 65535:
+            message = f"expected host:port such as 127.0.0.1:9901, got {text!r}"
+            raise ConfigInvalid([Diagnostic(where, "admin", "error", message)])
+        return host, port
+
+    def describe(self) -> str:
+        return f"config {self.path}" if self.path is not None else "no config file"
 
     def digest(self) -> str | None:
         if self.path is None:
@@ -90,23 +115,69 @@ def keep_listeners(old: Settings, new: Settings) -> tuple[Settings, list[str]]:
     return dataclasses.replace(new, effective=effective, **running), kept
 
 
-def summarise(old: Settings, new: Settings) -> str:
-    """A short account of what a reload changed: routes and origins added and removed."""
-    old_routes = [r.name for r in old.table.routes]
-    new_routes = [r.name for r in new.table.routes]
+NAMES_SHOWN = 5  # a reload that touches many routes names the first few
+
+
+def names(items: list[str]) -> str:
+    more = len(items) - NAMES_SHOWN
+    shown = ", ".join(items[:NAMES_SHOWN])
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
+def changes(old: Settings, new: Settings) -> list[str]:
+    """What a reload changes, in words: routes and origins added and removed, routes whose
+    policy or upstream changed, default CORS keys, the default upstream, each timeout, the
+    other keys a reload applies. Empty when nothing that applies now changed (the keys
+    that take a restart are reported by keep_listeners)."""
+    before, after = config_view(old), config_view(new)
+    parts: list[str] = []
+    old_routes = {r["name"]: r for r in before["routes"]}
+    new_routes = {r["name"]: r for r in after["routes"]}
     old_origins, new_origins = origins_named(old.effective), origins_named(new.effective)
-    parts = []
-    for label, before, after in (
-        ("routes", old_routes, new_routes),
-        ("origins", old_origins, new_origins),
+    for label, was, now in (
+        ("routes", list(old_routes), list(new_routes)),
+        ("origins", sorted(old_origins), sorted(new_origins)),
     ):
-        added = sorted(set(after) - set(before))
-        removed = sorted(set(before) - set(after))
+        added = [n for n in now if n not in was]
+        removed = [n for n in was if n not in now]
         if added:
-            parts.append(f"{label} added: {', '.join(added)}")
+            parts.append(f"{label} added: {names(added)}")
         if removed:
-            parts.append(f"{label} removed: {', '.join(removed)}")
-    return "; ".join(parts) or "rules changed, same routes and origins"
+            parts.append(f"{label} removed: {names(removed)}")
+    changed = [n for n, r in new_routes.items() if n in old_routes and old_routes[n] != r]
+    if changed:
+        parts.append(f"routes changed: {names(changed)}")
+    common = [n for n in new_routes if n in old_routes]
+    if not changed and common != [n for n in old_routes if n in new_routes]:
+        parts.append("routes reordered")
+    keys = [
+        k
+        for k, v in after["defaults"].items()
+        if k != "allow_origins" and before["defaults"].get(k) != v
+    ]
+    if keys:
+        parts.append(f"defaults changed: {', '.join(keys)}")
+    for key in ("upstream", "preserve_host", "trust_forwarded", "access_log"):
+        if before[key] != after[key]:
+            parts.append(f"{key}: {shown(before[key])} -> {shown(after[key])}")
+    timeouts = [
+        f"{k} {shown(before['timeouts'][k])} -> {shown(v)}"
+        for k, v in after["timeouts"].items()
+        if before["timeouts"][k] != v
+    ]
+    if timeouts:
+        parts.append(f"timeouts: {', '.join(timeouts)}")
+    return parts
+
+
+def shown(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def origins_named(effective: dict[str, Any]) -> set[str]:
@@ -141,13 +212,13 @@ class Reloader:
         self.stamp = source.stamp()
         self.digest = source.digest()
 
-    def reload(self, why: str) -> bool | None:
-        """True: applied; False: refused; None: the file has not changed."""
+    def reload(self, why: str) -> str:
+        """Read the config again: ``success`` (applied), ``failure`` (refused) or
+        ``unchanged`` (the same file, or a file that changes no setting); counted so."""
         self.stamp = self.source.stamp()
         digest = self.source.digest()
         if digest is not None and digest == self.digest:
-            log.info("reload (%s): config unchanged", why)
-            return None
+            return self.unchanged(why, "")
         try:
             if digest == EMPTY_DIGEST:
                 # Valid YAML, but on a running proxy almost surely a file caught mid-write.
@@ -155,31 +226,59 @@ class Reloader:
                 raise ConfigInvalid([Diagnostic(where, "file", "error", "the file is empty")])
             new, warnings = self.source.load()
         except ConfigInvalid as exc:
-            self.metrics.reloads.labels("failure").inc()
+            self.metrics.counted("failure")
             log.error("reload (%s) refused, the old rules stay:", why)
             for diagnostic in exc.diagnostics:
                 log.error("%s", diagnostic)
-            return False
+            return "failure"
         for diagnostic in warnings:
             log.warning("%s", diagnostic)
         old = self.current()
+        said = changes(old, new)
         new, kept = keep_listeners(old, new)
-        self.apply(new)
         self.digest = digest
-        self.metrics.reloads.labels("success").inc()
-        log.info("reload (%s) applied: %s", why, summarise(old, new))
+        if not said and not kept:
+            if self.source.path is None:
+                return self.unchanged(why, " (no file: the same flags and variables)")
+            return self.unchanged(why, " (the file changed, no setting did)")
+        self.apply(new)
+        self.metrics.counted("success")
+        if said:
+            log.info("reload (%s) applied: %s", why, "; ".join(said))
+        else:
+            only = ", ".join(kept)
+            log.info(
+                "reload (%s) accepted: only %s changed; nothing to apply until a restart", why, only
+            )
         if kept:
             log.warning("reload: %s changed; that takes a restart", ", ".join(kept))
-        return True
+        return "success"
+
+    def unchanged(self, why: str, detail: str) -> str:
+        self.metrics.counted("unchanged")
+        log.info("reload (%s): config unchanged%s", why, detail)
+        return "unchanged"
 
     async def watch(self) -> None:
-        """Poll the file's stat; reload once it has changed and settled."""
-        if self.source.path is None:
+        """Poll the file's stat; reload once it has changed and settled. A file that
+        disappears is reported once; the running settings stay until it is back."""
+        path = self.source.path
+        if path is None:
             return
+        gone = False
         while True:
             await asyncio.sleep(POLL_SECONDS)
             stamp = self.source.stamp()
-            if stamp == self.stamp or stamp is None:
+            if stamp is None:
+                if not gone:
+                    gone = True
+                    log.warning(
+                        "config file %s: %s; the running settings stay until it is back",
+                        path,
+                        missing_reason(path),
+                    )
+                continue
+            if stamp == self.stamp and not gone:
                 continue
             for _ in range(20):
                 await asyncio.sleep(SETTLE_SECONDS)
@@ -187,4 +286,15 @@ class Reloader:
                 if settled == stamp:
                     break
                 stamp = settled
+            if gone:
+                gone = False
+                log.info("config file %s is back", path)
             self.reload("file changed")
+
+
+def missing_reason(path: str) -> str:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return (exc.strerror or str(exc)).lower()
+    return "it changed while being read"

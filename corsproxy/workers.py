@@ -24,8 +24,16 @@ import tempfile
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from corsproxy.admin import AdminView, start_admin
-from corsproxy.app import TLSError, run, start, stop_on_signals
+from corsproxy.admin import AdminView, config_view, host_port
+from corsproxy.app import (
+    TLSError,
+    bind_failure,
+    open_admin,
+    run,
+    start,
+    stop_on_signals,
+    summary,
+)
 from corsproxy.metrics import ReloadMetrics, RequestMetrics, exposition, multiprocess_registry
 from corsproxy.policy import Settings
 from corsproxy.reload import ConfigSource, Reloader
@@ -59,7 +67,15 @@ class Supervisor:
         self.rundir = rundir
         self.context = multiprocessing.get_context("spawn")
         self.workers: list[BaseProcess] = []
-        self.reload_metrics = ReloadMetrics()
+        # process_* of the supervisor and of each live worker, labelled with pid and role.
+        self.reload_metrics = ReloadMetrics(processes=self.processes)
+
+    def processes(self) -> list[tuple[int, str]]:
+        found = [(os.getpid(), "supervisor")]
+        for process in self.workers:
+            if process.pid is not None and process.is_alive():
+                found.append((process.pid, "worker"))
+        return found
 
     def spawn(self) -> BaseProcess:
         process = self.context.Process(
@@ -104,30 +120,23 @@ class Supervisor:
                 return 0
             log.error("a worker failed to start; stopping")
             return EXIT_START_FAILED
-        admin = None
-        if self.settings.admin is not None:
-            view = AdminView(
-                ready=self.ready,
-                metrics=lambda: exposition(
-                    multiprocess_registry(str(self.rundir / "metrics")),
-                    self.reload_metrics.registry,
-                ),
-                config=lambda: self.settings.effective,
-            )
-            try:
-                admin = await start_admin(view, *self.settings.admin)
-            except OSError:
-                await self.stop_workers()
-                raise
-        scheme = "https" if self.settings.tls else "http"
-        log.info(
-            "corsproxy listening on %s://%s:%s with %d workers (pids %s)",
-            scheme,
-            self.settings.listen_host,
-            self.settings.listen_port,
-            count,
-            ", ".join(str(p.pid) for p in self.workers),
+        view = AdminView(
+            ready=self.ready,
+            metrics=lambda: exposition(
+                multiprocess_registry(str(self.rundir / "metrics")),
+                self.reload_metrics.registry,
+            ),
+            config=lambda: config_view(self.settings),
         )
+        try:
+            admin = await open_admin(self.settings, view)
+        except OSError:
+            await self.stop_workers()
+            raise
+        scheme = "https" if self.settings.tls else "http"
+        url = f"{scheme}://{host_port(self.settings.listen_host, self.settings.listen_port)}"
+        pids = [p.pid for p in self.workers if p.pid is not None]
+        log.info("%s", summary(self.source.describe(), self.settings, url, pids, workers=True))
         tasks = [asyncio.ensure_future(reloader.watch()), asyncio.ensure_future(self.keep_alive())]
         try:
             await stop.wait()
@@ -183,9 +192,11 @@ async def probe_listen(settings: Settings) -> None:
     which would let them share the port with another corsproxy's workers; a bind without it,
     released at once, refuses any port someone else holds."""
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        asyncio.Protocol, settings.listen_host, settings.listen_port, reuse_address=True
-    )
+    host, port = settings.listen_host, settings.listen_port
+    try:
+        server = await loop.create_server(asyncio.Protocol, host, port, reuse_address=True)
+    except OSError as exc:
+        raise bind_failure("", host, port, exc) from None
     server.close()
     await server.wait_closed()
 
@@ -218,7 +229,7 @@ async def worker_serve(rundir: Path, supervisor: int) -> int:
         log.error("worker %s: %s", os.getpid(), exc)
         return EXIT_START_FAILED
     except OSError as exc:
-        log.error("worker %s cannot listen: %s", os.getpid(), exc.strerror or exc)
+        log.error("worker %s: %s", os.getpid(), exc)
         return EXIT_START_FAILED
 
     async def follow() -> None:

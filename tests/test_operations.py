@@ -525,6 +525,8 @@ async def test_sighup_or_touch_with_unchanged_file_changes_nothing(
         await served.wait_log("config unchanged", 4)
 
         assert await served.reloads() == before
+        found = (await served.metrics())["corsproxy_config_reloads_total"]
+        assert found[labels(result="unchanged")] == 4  # each read that changed nothing
         assert "applied" not in served.proc.stderr(), served.proc.stderr()
         async with served.session.get(served.admin_url + "/config") as resp:
             assert await resp.json() == config_before
@@ -642,6 +644,16 @@ async def test_metrics_count_a_known_sequence_exactly(upstream, tmp_path: Path) 
     assert found["corsproxy_config_reloads_total"] == {
         labels(result="success"): 0,
         labels(result="failure"): 0,
+        labels(result="unchanged"): 0,
+    }
+    assert found["corsproxy_responses_total"] == {
+        labels(route="api", code="200"): 8,
+        labels(route="api", code="204"): 4,
+        labels(route="api", code="403"): 3,
+        labels(route="fwd", code="200"): 2,
+        labels(route="report", code="200"): 4,
+        labels(route="down", code="502"): 2,
+        labels(route="slow", code="504"): 1,
     }
 
 

@@ -45,6 +45,7 @@ NOT_FOUND = 404
 BAD_REQUEST = 400
 METHOD_NOT_ALLOWED = 405
 CLIENT_CLOSED = 499  # nginx's code for a client that hung up before the answer (logs only)
+FAULT_LOG_INTERVAL = 60.0  # seconds between two log lines for one upstream and cause
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 _ACCESS_CONTROL = h.ACCESS_CONTROL_PREFIX.encode()
@@ -94,9 +95,11 @@ class Proxy:
         self.metrics = metrics
         self.memo = Memo(settings)
         self.tunnels: set[Tunnel] = set()  # open WebSocket sessions
+        self.fault_logged: dict[tuple[str, str, str], float] = {}  # upstream cause -> when
 
     def handle(self, request: Exchange, conn: ClientConnection) -> None:
         """Called once per request, in order, when its head has arrived."""
+        self.metrics.in_flight.inc()  # metric hook: until finished() below
         settings = self.settings
         memo = self.memo
         if memo.settings is not settings:
@@ -168,13 +171,14 @@ class Proxy:
             conn.end_response(request)
         except UpstreamError as exc:
             outcome.upstream_error = exc.reason
+            self.explain_upstream_fault(upstream, outcome.route, exc)
             if request.head_sent:
                 # Too late for a 502: cut the client's connection, so a truncated body is
                 # never mistaken for a whole one.
-                outcome.note = f"upstream failed mid-body: {exc.message}"
+                outcome.note = f"upstream failed mid-body: {exc.explained}"
                 conn.cut(request, outcome.note)
             else:
-                outcome.note = exc.message
+                outcome.note = exc.explained
                 status = GATEWAY_TIMEOUT if exc.reason == "timeout" else BAD_GATEWAY
                 self.error(conn, request, status, exc.message)
         except BrokenBody as exc:
@@ -237,6 +241,7 @@ class Proxy:
                 head,
                 conn,
                 timeouts.read,
+                timeouts.send,
                 head_only=request.method == "HEAD",
                 body=request.has_body,
                 chunked=request.framing.body is wire.Body.CHUNKED,
@@ -263,6 +268,26 @@ class Proxy:
             except BaseException:
                 up.close()
                 raise
+
+    def explain_upstream_fault(self, upstream: Upstream, route: str, exc: UpstreamError) -> None:
+        """Tell the operator why clients get 502/504, with the upstream's address: once per
+        upstream and cause a minute (a dead upstream under load is one line, not thousands)."""
+        if exc.stale:
+            return  # a pooled connection the upstream had closed: retried or reported below
+        key = (upstream.url, exc.reason, exc.cause or exc.message)
+        now = perf_counter()
+        if now - self.fault_logged.get(key, -FAULT_LOG_INTERVAL) < FAULT_LOG_INTERVAL:
+            return
+        if len(self.fault_logged) >= MEMO_SIZE:
+            self.fault_logged.clear()
+        self.fault_logged[key] = now
+        log.warning(
+            "upstream %s (route %s): %s: clients get %s (said once a minute per cause)",
+            upstream.url,
+            route,
+            exc.cause or exc.message,
+            GATEWAY_TIMEOUT if exc.reason == "timeout" else BAD_GATEWAY,
+        )
 
     async def tunnel(
         self,
@@ -321,6 +346,7 @@ class Proxy:
         conn.answer(request, status, lines, body)
 
     def finished(self, request: Exchange, conn: ClientConnection) -> None:
+        self.metrics.in_flight.dec()  # metric hook: handle() counted it
         outcome: Outcome | None = request.outcome
         if outcome is not None:
             self.record(
@@ -355,6 +381,7 @@ class Proxy:
             outcome.upstream_error,
             seconds,
         )
+        self.metrics.respond(outcome.route, status)  # metric hook: corsproxy_responses_total
         style = self.settings.access_log
         if style == "off":
             return

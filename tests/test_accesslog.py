@@ -77,7 +77,7 @@ async def test_proxy_made_errors_log_their_reason(make_proxy, client, capsys) ->
     entries = [json.loads(line) for line in await wait_lines(capsys, 2)]
     assert [(e["status"], e["reason"]) for e in entries] == [
         (400, "bad request path: path contains an encoded '/', '\\' or NUL"),
-        (502, "upstream unreachable"),
+        (502, "upstream unreachable (connect: connection refused)"),
     ]
 
 

@@ -13,7 +13,7 @@ import difflib
 import ipaddress
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,35 +49,525 @@ from corsproxy.policy import (
 CHROMIUM_MAX_AGE = 7200
 FIREFOX_MAX_AGE = 86400
 DEFAULT_LISTEN = ("127.0.0.1", 8080)
+DEFAULT_TIMEOUTS = Timeouts()
+_UNSET: Any = object()
 
-TOP_KEYS = (
-    "listen",
-    "upstream",
-    "admin",
-    "workers",
-    "tls",
+# --- the keys ----------------------------------------------------------------------
+#
+# One table per mapping of the file. Each key's kind (what the validator accepts), its
+# columns in docs/configuration.md and its description live here and nowhere else: the
+# Validator checks every value through ``Key.kind``, corsproxy.schema turns the same tables
+# into the JSON Schema (``corsproxy schema``), and tests/test_schema.py holds the tables of
+# docs/configuration.md to these texts.
+
+
+class Kind:
+    """What a key's value may be. ``check`` validates and converts it (through the
+    Validator, so the problems are recorded there); corsproxy.schema says the same in
+    JSON Schema."""
+
+    __slots__ = ()
+
+    def check(self, v: Validator, node: Node, path: str) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} is checked by its caller")
+
+
+@dataclass(frozen=True, slots=True)
+class Boolean(Kind):
+    """``true`` or ``false``. YAML 1.1's yes/no/on/off are strings here (see ConfigLoader)."""
+
+    def check(self, v: Validator, node: Node, path: str) -> Any:
+        return v.boolean(node, path)
+
+
+@dataclass(frozen=True, slots=True)
+class Choice(Kind):
+    """One of a few words; ``false_means`` is the word a YAML ``false`` stands for."""
+
+    values: tuple[str, ...]
+    false_means: str | None = None
+
+    def check(self, v: Validator, node: Node, path: str) -> Any:
+        return v.choice(node, path, self)
+
+
+@dataclass(frozen=True, slots=True)
+class Seconds(Kind):
+    """A whole or decimal number of seconds, greater than 0."""
+
+    def check(self, v: Validator, node: Node, path: str) -> Any:
+        return v.number(node, path)
+
+
+@dataclass(frozen=True, slots=True)
+class Integer(Kind):
+    """A whole number from ``minimum`` to ``maximum``, or one of ``words``, or null."""
+
+    minimum: int
+    maximum: int | None = None
+    words: tuple[str, ...] = ()
+    nullable: bool = False
+    expected: str = ""  # the "expected ..." of the error message
+    method: str = "integer"  # the Validator method: the bounds, and what they cannot say
+
+    def check(self, v: Validator, node: Node, path: str) -> Any:
+        return getattr(v, self.method)(node, path, self)
+
+
+@dataclass(frozen=True, slots=True)
+class Text(Kind):
+    """A non-empty string checked by a Validator method. ``pattern`` (an ECMA-262 regex
+    that Python's ``re`` reads the same way) is the part of that check a schema can say."""
+
+    method: str
+    pattern: str | None = None
+
+    def check(self, v: Validator, node: Node, path: str) -> Any:
+        return getattr(v, self.method)(node, path)
+
+
+@dataclass(frozen=True, slots=True)
+class Names(Kind):
+    """A list of RFC 9110 tokens (method or header names) or ``["*"]``; ``forbidden``
+    (lowercase) are names that are an error in any case."""
+
+    method: str
+    forbidden: frozenset[str] = frozenset()
+
+    def check(self, v: Validator, node: Node, path: str) -> Any:
+        return getattr(v, self.method)(node, path, self)
+
+
+@dataclass(frozen=True, slots=True)
+class Origins(Kind):
+    """A list of origin strings (``ORIGIN_PATTERN``) and ``{regex: PATTERN}`` mappings."""
+
+    regex: Table
+
+    def check(self, v: Validator, node: Node, path: str) -> Any:
+        return v.origins(node, path, self)
+
+
+@dataclass(frozen=True, slots=True)
+class Section(Kind):
+    """A nested mapping whose keys are ``table``; ``method`` checks it as a whole."""
+
+    table: Table
+    method: str
+
+    def check(self, v: Validator, node: Node, path: str) -> Any:
+        return getattr(v, self.method)(node, path)
+
+
+@dataclass(frozen=True, slots=True)
+class ListOf(Kind):
+    """A list of ``table`` mappings (routes: Validator.settings walks them)."""
+
+    table: Table
+
+
+@dataclass(frozen=True, slots=True)
+class SectionOr(Kind):
+    """A ``table`` mapping, or the one word ``word`` (a route's ``cors: passthrough``)."""
+
+    table: Table
+    word: str
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    name: str
+    kind: Kind
+    type: str  # the "type" column of docs/configuration.md
+    default: str  # its "default" column
+    description: str  # its "what it does" column, and the schema's description
+    value: Any = _UNSET  # the default as data: the schema's "default", the built-in CORS value
+    required: bool = False
+
+
+class Table:
+    """The keys one mapping accepts, in the order the docs list them."""
+
+    def __init__(self, name: str, description: str, keys: Sequence[Key]) -> None:
+        self.name = name
+        self.description = description
+        self.keys = {key.name: key for key in keys}
+        self.names = tuple(self.keys)
+
+    def __getitem__(self, name: str) -> Key:
+        return self.keys[name]
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter(self.keys.values())
+
+
+def char_ranges(chars: frozenset[str]) -> str:
+    """``chars`` as the inside of a regex class, in \\xHH escapes any regex dialect reads."""
+    codes = sorted(map(ord, chars))
+    runs: list[list[int]] = []
+    for code in codes:
+        if runs and code == runs[-1][1] + 1:
+            runs[-1][1] = code
+        else:
+            runs.append([code, code])
+    return "".join(f"\\x{a:02x}" if a == b else f"\\x{a:02x}-\\x{b:02x}" for a, b in runs)
+
+
+# RFC 9110 token (headers.is_token), as a schema pattern.
+TOKEN_PATTERN = r"^[-!#$%&'*+.^_`|~0-9A-Za-z]+$"
+# Loose on purpose: the validator's parse_origin says the rest (a schema must never refuse
+# what the validator takes). "*", "null", or http(s)://[*.]host[:port|:*].
+ORIGIN_PATTERN = (
+    r"^(\*|null|[Hh][Tt][Tt][Pp][Ss]?://(\[[^\]/?#@]+\]|[^:/?#@\[\]]+)(:([0-9]+|\*))?)$"
+)
+HOST_PORT_PATTERN = r"^(\[[^\]]+\]|[^:\[][^:]*):[0-9]+$"
+PATH_PATTERN = r"^/"
+# Characters parse_upstream refuses in an upstream's path prefix.
+_NOT_IN_PATH = frozenset(' \\"<>^`{|}\x7f') | frozenset(map(chr, range(32)))
+# What parse_upstream accepts: http(s)://host[:port][/prefix] without user@, query,
+# fragment, or one of _NOT_IN_PATH in the prefix.
+UPSTREAM_PATTERN = (
+    r"^[Hh][Tt][Tt][Pp][Ss]?://(\[[^\]/?#@]+\]|[-A-Za-z0-9_.]+)(:[0-9]+)?"
+    + f"(/[^?#{char_ranges(_NOT_IN_PATH)}]*)?$"
+)
+
+TIMEOUTS = Table(
     "timeouts",
-    "preserve_host",
-    "trust_forwarded",
-    "access_log",
-    "defaults",
-    "routes",
+    "Timeouts, in seconds (whole or decimal numbers greater than 0).",
+    [
+        Key(
+            "connect",
+            Seconds(),
+            "seconds (> 0)",
+            f"`{DEFAULT_TIMEOUTS.connect:g}`",
+            "Time to open a connection to an upstream.",
+            DEFAULT_TIMEOUTS.connect,
+        ),
+        Key(
+            "read",
+            Seconds(),
+            "seconds (> 0)",
+            f"`{DEFAULT_TIMEOUTS.read:g}`",
+            "Each wait for the upstream: for the response head once the request (body "
+            "included) has been sent, and between two body chunks. Not a limit on the whole "
+            "response, so long downloads and event streams keep going, and not a limit on an "
+            "upload, however slow.",
+            DEFAULT_TIMEOUTS.read,
+        ),
+        Key(
+            "send",
+            Seconds(),
+            "seconds (> 0)",
+            f"`{DEFAULT_TIMEOUTS.send:g}`",
+            "How long a client may accept no bytes of its response. Past it, its connection "
+            "is reset and the upstream connection released (nginx's `send_timeout`).",
+            DEFAULT_TIMEOUTS.send,
+        ),
+        Key(
+            "idle",
+            Seconds(),
+            "seconds (> 0)",
+            f"`{DEFAULT_TIMEOUTS.idle:g}`",
+            "An idle keep-alive connection is closed after this long, on the client side and "
+            "in the upstream connection pool.",
+            DEFAULT_TIMEOUTS.idle,
+        ),
+        Key(
+            "websocket_idle",
+            Seconds(),
+            "seconds (> 0)",
+            f"`{DEFAULT_TIMEOUTS.websocket_idle:g}`",
+            "A WebSocket tunnel that carried no byte in either direction for this long is "
+            "closed. `read` and `idle` do not apply to tunnels.",
+            DEFAULT_TIMEOUTS.websocket_idle,
+        ),
+        Key(
+            "shutdown",
+            Seconds(),
+            "seconds (> 0)",
+            f"`{DEFAULT_TIMEOUTS.shutdown:g}`",
+            "On `SIGTERM`/`SIGINT`: how long requests in flight may take to finish.",
+            DEFAULT_TIMEOUTS.shutdown,
+        ),
+    ],
 )
-CORS_KEYS = (
-    "allow_origins",
-    "allow_methods",
-    "allow_headers",
-    "expose_headers",
-    "allow_credentials",
-    "max_age",
-    "allow_private_network",
-    "on_disallowed",
-    "preflight_status",
-    "report_only",
+
+TLS_TABLE = Table(
+    "tls",
+    "PEM certificate and key; the listener then speaks HTTPS. Both are required.",
+    [
+        Key(
+            "cert",
+            Text("string"),
+            "path",
+            "required",
+            "PEM certificate (chain) file. A relative path is relative to the config file's "
+            "folder.",
+            required=True,
+        ),
+        Key(
+            "key",
+            Text("string"),
+            "path",
+            "required",
+            "PEM private key file. A relative path is relative to the config file's folder.",
+            required=True,
+        ),
+    ],
 )
-ROUTE_KEYS = ("path", "host", "upstream", "cors", "name")
-TIMEOUT_KEYS = ("connect", "read", "send", "idle", "shutdown", "websocket_idle")
-TLS_KEYS = ("cert", "key")
+
+ORIGIN_REGEX = Table(
+    "origin_regex",
+    "An origin regex entry: {regex: PATTERN}.",
+    [
+        Key(
+            "regex",
+            Text("string"),
+            "regex",
+            "required",
+            "A Python regex the whole `Origin` header must match (full match, "
+            "case-sensitive). Anchor it with `^...$` and escape dots.",
+            required=True,
+        ),
+    ],
+)
+
+CORS = Table(
+    "cors",
+    "CORS keys: under `defaults`, and under a route's `cors`, where they replace the "
+    "`defaults` keys one by one.",
+    [
+        Key(
+            "allow_origins",
+            Origins(ORIGIN_REGEX),
+            "list of origin entries",
+            "`[]`",
+            "Which origins may read responses. `[]` means no cross-origin access. See "
+            "[Origins](#origins).",
+            (),
+        ),
+        Key(
+            "allow_methods",
+            Names("methods", frozenset(m.lower() for m in FORBIDDEN_METHODS)),
+            'list of method names, or `["*"]`',
+            "`[GET, HEAD, POST]`",
+            "Methods a cross-origin page may use. Case-sensitive.",
+            ("GET", "HEAD", "POST"),
+        ),
+        Key(
+            "allow_headers",
+            Names("header_names"),
+            'list of header names, or `["*"]`',
+            "`[]`",
+            "Request headers a preflight may ask for. Case-insensitive.",
+            (),
+        ),
+        Key(
+            "expose_headers",
+            Names("expose_names", frozenset({hd.SET_COOKIE})),
+            'list of header names, or `["*"]`',
+            "`[]`",
+            "Response headers the page may read beyond the always-readable ones.",
+            (),
+        ),
+        Key(
+            "allow_credentials",
+            Boolean(),
+            "boolean",
+            "`false`",
+            "Allow cookies and `Authorization` on cross-origin requests.",
+            False,
+        ),
+        Key(
+            "max_age",
+            Integer(0, nullable=True, expected="a whole number of seconds >= 0", method="max_age"),
+            "whole seconds >= 0, or `null`",
+            "unset",
+            "`Access-Control-Max-Age` on preflight answers. Unset: no header.",
+            None,
+        ),
+        Key(
+            "allow_private_network",
+            Boolean(),
+            "boolean",
+            "`false`",
+            "Answer `Access-Control-Request-Private-Network: true` with "
+            "`Access-Control-Allow-Private-Network: true`.",
+            False,
+        ),
+        Key(
+            "on_disallowed",
+            Choice(("reject", "forward")),
+            "`reject` or `forward`",
+            "`reject`",
+            "What happens to a disallowed actual request: `403` and not forwarded, or "
+            "forwarded with no CORS headers.",
+            "reject",
+        ),
+        Key(
+            "preflight_status",
+            Integer(200, 299, method="preflight_status"),
+            "integer 200-299",
+            "`204`",
+            "Status of an allowed preflight answer.",
+            204,
+        ),
+        Key(
+            "report_only",
+            Boolean(),
+            "boolean",
+            "`false`",
+            "Decide, but forward everything untouched (see [report_only](#report_only)).",
+            False,
+        ),
+    ],
+)
+
+ROUTE = Table(
+    "route",
+    "A route: the requests it covers, where they go and their CORS policy.",
+    [
+        Key(
+            "path",
+            Text("string", PATH_PATTERN),
+            "path pattern",
+            "required",
+            "Which request paths the route covers (see [Paths](#paths)).",
+            required=True,
+        ),
+        Key(
+            "host",
+            Text("string"),
+            "string",
+            "any host",
+            "Also require this `Host` header. Case-insensitive; a port and a trailing dot are "
+            "ignored on both sides.",
+        ),
+        Key(
+            "upstream",
+            Text("upstream", UPSTREAM_PATTERN),
+            "URL",
+            "top-level `upstream`",
+            "Where this route's requests go. Required when there is no top-level `upstream`.",
+        ),
+        Key(
+            "cors",
+            SectionOr(CORS, "passthrough"),
+            "mapping of CORS keys, or `passthrough`",
+            "`{}`",
+            "This route's policy: keys set here replace the `defaults` keys.",
+        ),
+        Key(
+            "name",
+            Text("string"),
+            "non-empty string",
+            "the `path` pattern",
+            "The route's name in logs and metrics.",
+        ),
+    ],
+)
+
+TOP = Table(
+    "corsproxy",
+    "corsproxy configuration file (docs/configuration.md).",
+    [
+        Key(
+            "listen",
+            Text("host_port", HOST_PORT_PATTERN),
+            "`host:port` string",
+            f"`{DEFAULT_LISTEN[0]}:{DEFAULT_LISTEN[1]}`",
+            'Address the proxy listens on. IPv6 in brackets: `"[::]:8080"`. Port `0` picks a '
+            "free port.",
+            f"{DEFAULT_LISTEN[0]}:{DEFAULT_LISTEN[1]}",
+        ),
+        Key(
+            "upstream",
+            Text("upstream", UPSTREAM_PATTERN),
+            "URL",
+            "none",
+            "Default upstream of every route and of unmatched requests. `http://` or "
+            "`https://`, optional port and path prefix.",
+        ),
+        Key(
+            "admin",
+            Text("host_port", HOST_PORT_PATTERN),
+            "`host:port` string",
+            "none",
+            "Address of the admin listener (`/healthz`, `/readyz`, `/metrics`, `/config`). "
+            "Off unless set. See [operations.md](operations.md).",
+        ),
+        Key(
+            "workers",
+            Integer(1, words=("auto",), expected="a positive integer or auto", method="workers"),
+            "integer >= 1 or `auto`",
+            "`1`",
+            "Processes sharing the port (SO_REUSEPORT) under a supervisor; `auto` is the CPU "
+            "count. See [operations.md](operations.md).",
+            1,
+        ),
+        Key(
+            "tls",
+            Section(TLS_TABLE, "tls"),
+            "mapping `{cert, key}`",
+            "none",
+            "PEM certificate and key. The listener then speaks HTTPS.",
+        ),
+        Key(
+            "timeouts",
+            Section(TIMEOUTS, "timeouts"),
+            "mapping of seconds",
+            "see each",
+            "Timeouts in seconds, each greater than 0.",
+        ),
+        Key(
+            "preserve_host",
+            Boolean(),
+            "boolean",
+            "`false`",
+            "`true`: send the client's `Host` header upstream instead of the upstream's own.",
+            False,
+        ),
+        Key(
+            "trust_forwarded",
+            Boolean(),
+            "boolean",
+            "`false`",
+            "`true`: believe `X-Forwarded-Proto` and `X-Forwarded-Host` sent by a TLS "
+            "terminator in front of the proxy.",
+            False,
+        ),
+        Key(
+            "access_log",
+            Choice(("json", "text", "off"), false_means="off"),
+            "`json`, `text` or `off`",
+            "`json`",
+            "One line per request on stdout, as JSON or as `key=value` text; `off` writes "
+            "none. `false` means `off`.",
+            "json",
+        ),
+        Key(
+            "defaults",
+            Section(CORS, "cors_keys"),
+            "mapping of CORS keys",
+            "built-in values",
+            "The policy of every route, key by key (see [Defaults](#how-defaults-merge)).",
+        ),
+        Key(
+            "routes",
+            ListOf(ROUTE),
+            "list of routes",
+            "`[]`",
+            "Per-path rules; first match wins.",
+        ),
+    ],
+)
+
+TOP_KEYS = TOP.names
+CORS_KEYS = CORS.names
+ROUTE_KEYS = ROUTE.names
+TIMEOUT_KEYS = TIMEOUTS.names
+TLS_KEYS = TLS_TABLE.names
+BUILTIN_CORS: dict[str, Any] = {key.name: key.value for key in CORS}
 
 
 # --- diagnostics -------------------------------------------------------------------
@@ -113,13 +603,38 @@ class Node:
     where: str
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader with YAML 1.2's booleans: only true and false (any of the
+    spellings True, TRUE, false, False, FALSE) are booleans; YAML 1.1's yes/no/on/off stay
+    the plain strings YAML 1.2, JSON Schema tools and editors read them as. So
+    ``allow_credentials: yes`` is an error with a hint instead of a silent ``true``, and the
+    validator and the schema judge the same values."""
+
+
+ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+# YAML 1.1's other booleans: strings here, and a hint where a boolean is expected.
+YAML11_BOOLEANS = frozenset({"yes", "no", "on", "off", "y", "n"})
+
+
+def load_yaml(text: str) -> Any:
+    """Plain data, read the way the validator reads it (for the JSON Schema, say)."""
+    return yaml.load(text, Loader=ConfigLoader)
+
+
 def from_yaml(text: str, filename: str) -> tuple[Node | None, list[Diagnostic]]:
     """Compose YAML into located Nodes, with the problems (duplicate keys) found on the way.
 
     Raises ConfigInvalid on a syntax error, since nothing after it can be trusted.
     """
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=ConfigLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark is not None else 1
@@ -129,7 +644,7 @@ def from_yaml(text: str, filename: str) -> tuple[Node | None, list[Diagnostic]]:
         raise ConfigInvalid([Diagnostic(f"{filename}:{line}", "yaml", "error", problem)]) from None
     if root is None:
         return None, []
-    constructor = yaml.SafeLoader("")
+    constructor = ConfigLoader("")
     errors: list[Diagnostic] = []
 
     def convert(node: yaml.Node, path: str) -> Node:
@@ -309,8 +824,6 @@ def unique(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
 
 # --- validation --------------------------------------------------------------------
 
-_UNSET: Any = object()
-
 
 @dataclass(slots=True)
 class CorsKeys:
@@ -328,20 +841,6 @@ class OriginEntry:
     value: Any
     node: Node
     path: str
-
-
-BUILTIN_CORS: dict[str, Any] = {
-    "allow_origins": (),
-    "allow_methods": ("GET", "HEAD", "POST"),
-    "allow_headers": (),
-    "expose_headers": (),
-    "allow_credentials": False,
-    "max_age": None,
-    "allow_private_network": False,
-    "on_disallowed": "reject",
-    "preflight_status": 204,
-    "report_only": False,
-}
 
 
 class Validator:
@@ -381,10 +880,49 @@ class Validator:
         return node.value
 
     def boolean(self, node: Node, path: str) -> bool | None:
-        if not isinstance(node.value, bool):
-            self.error(node, path, f"expected true or false, got {describe(node.value)}")
+        value = node.value
+        if not isinstance(value, bool):
+            message = f"expected true or false, got {describe(value)}"
+            if isinstance(value, str) and value.lower() in YAML11_BOOLEANS:
+                message += (
+                    f" (YAML 1.1 read {value} as a boolean; corsproxy reads YAML 1.2, "
+                    "where it is a string): write true or false"
+                )
+            self.error(node, path, message)
             return None
-        return node.value
+        return value
+
+    def choice(self, node: Node, path: str, kind: Choice) -> str | None:
+        value = node.value
+        if value is False and kind.false_means is not None:
+            return kind.false_means
+        if not isinstance(value, str) or value not in kind.values:
+            words = ", ".join(kind.values[:-1]) + f" or {kind.values[-1]}"
+            self.error(node, path, f"expected {words}, got {describe(value)}")
+            return None
+        return value
+
+    def integer(self, node: Node, path: str, kind: Integer) -> int | str | None:
+        value = node.value
+        if value is None and kind.nullable:
+            return None
+        if isinstance(value, str) and value in kind.words:
+            return value
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < kind.minimum
+            or (kind.maximum is not None and value > kind.maximum)
+        ):
+            self.error(node, path, f"expected {kind.expected}, got {describe(value)}")
+            return None
+        return value
+
+    def value(self, table: Table, keys: dict[str, Node], name: str, path: str = "") -> Any:
+        """The key's value checked by its kind, or None when it is absent or wrong."""
+        if name not in keys:
+            return None
+        return table[name].kind.check(self, keys[name], join(path, name))
 
     def string(self, node: Node, path: str) -> str | None:
         if not isinstance(node.value, str) or not node.value:
@@ -404,24 +942,20 @@ class Validator:
 
     # top level
     def settings(self, root: Node, source: str) -> Settings | None:
-        top = self.mapping(root, "", TOP_KEYS)
+        top = self.mapping(root, "", TOP.names)
         if top is None:
             return None
-        listen = DEFAULT_LISTEN
-        if "listen" in top:
-            listen = self.host_port(top["listen"], "listen") or DEFAULT_LISTEN
-        admin = self.host_port(top["admin"], "admin") if "admin" in top else None
-        workers = self.workers(top["workers"]) if "workers" in top else 1
-        tls = self.tls(top["tls"]) if "tls" in top else None
-        timeouts = self.timeouts(top["timeouts"]) if "timeouts" in top else Timeouts()
-        preserve_host = self.flag(top, "preserve_host")
-        trust_forwarded = self.flag(top, "trust_forwarded")
-        access_log = self.access_log(top["access_log"]) if "access_log" in top else "json"
-        upstream = self.upstream(top["upstream"], "upstream") if "upstream" in top else None
+        listen = self.value(TOP, top, "listen") or DEFAULT_LISTEN
+        admin = self.value(TOP, top, "admin")
+        workers = self.value(TOP, top, "workers") if "workers" in top else 1
+        tls = self.value(TOP, top, "tls")
+        timeouts = self.value(TOP, top, "timeouts") if "timeouts" in top else Timeouts()
+        preserve_host = self.value(TOP, top, "preserve_host")
+        trust_forwarded = self.value(TOP, top, "trust_forwarded")
+        access_log = self.value(TOP, top, "access_log") if "access_log" in top else "json"
+        upstream = self.value(TOP, top, "upstream")
 
-        defaults = CorsKeys()
-        if "defaults" in top:
-            defaults = self.cors_keys(top["defaults"], "defaults")
+        defaults = self.value(TOP, top, "defaults") or CorsKeys()
         fallback_policy = self.policy(defaults, CorsKeys(), "defaults", root)
         fallback = Route("default", None, None, upstream, fallback_policy)
 
@@ -452,9 +986,6 @@ class Validator:
             effective=to_plain(root),
         )
 
-    def flag(self, top: dict[str, Node], key: str) -> bool:
-        return bool(self.boolean(top[key], key)) if key in top else False
-
     def host_port(self, node: Node, path: str) -> tuple[str, int] | None:
         text = node.value
         if not isinstance(text, str):
@@ -466,57 +997,43 @@ class Validator:
             return None
         return host, port
 
-    def workers(self, node: Node) -> int | None:
-        value = node.value
+    def workers(self, node: Node, path: str, kind: Integer) -> int | None:
+        value = self.integer(node, path, kind)
         if value == "auto":
             return os.cpu_count() or 1
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            self.error(
-                node, "workers", f"expected a positive integer or auto, got {describe(value)}"
-            )
-            return None
-        return value
+        return value if isinstance(value, int) else None
 
-    def tls(self, node: Node) -> TLS | None:
-        keys = self.mapping(node, "tls", TLS_KEYS)
+    def tls(self, node: Node, path: str) -> TLS | None:
+        keys = self.mapping(node, path, TLS_TABLE.names)
         if keys is None:
             return None
         paths: dict[str, str] = {}
-        for key in TLS_KEYS:
-            if key not in keys:
-                self.error(node, f"tls.{key}", "missing: tls needs both cert and key")
+        for key in TLS_TABLE:
+            if key.required and key.name not in keys:
+                self.error(node, join(path, key.name), "missing: tls needs both cert and key")
                 continue
-            text = self.string(keys[key], f"tls.{key}")
+            text = self.value(TLS_TABLE, keys, key.name, path)
             if text is None:
                 continue
             full = text if os.path.isabs(text) else os.path.join(self.base_dir, text)
             if not os.access(full, os.R_OK) or not os.path.isfile(full):
-                self.error(keys[key], f"tls.{key}", f"cannot read {full!r}")
+                self.error(keys[key.name], join(path, key.name), f"cannot read {full!r}")
                 continue
-            paths[key] = full
+            paths[key.name] = full
         if len(paths) != 2:
             return None
         return TLS(paths["cert"], paths["key"])
 
-    def timeouts(self, node: Node) -> Timeouts | None:
-        keys = self.mapping(node, "timeouts", TIMEOUT_KEYS)
+    def timeouts(self, node: Node, path: str) -> Timeouts | None:
+        keys = self.mapping(node, path, TIMEOUTS.names)
         if keys is None:
             return None
         values: dict[str, float] = {}
-        for key, child in keys.items():
-            seconds = self.number(child, f"timeouts.{key}")
+        for key in keys:
+            seconds = self.value(TIMEOUTS, keys, key, path)
             if seconds is not None:
                 values[key] = seconds
         return Timeouts(**values)
-
-    def access_log(self, node: Node) -> str | None:
-        value = node.value
-        if value is False:  # YAML 1.1 reads a bare `off` as false
-            return "off"
-        if value not in ("json", "text", "off"):
-            self.error(node, "access_log", f"expected json, text or off, got {describe(value)}")
-            return None
-        return str(value)
 
     def upstream(self, node: Node, path: str) -> Upstream | None:
         text = self.string(node, path)
@@ -536,14 +1053,14 @@ class Validator:
         default_upstream: Upstream | None,
         root: Node,
     ) -> Route | None:
-        keys = self.mapping(node, path, ROUTE_KEYS)
+        keys = self.mapping(node, path, ROUTE.names)
         if keys is None:
             return None
         pattern: PathPattern | None = None
         if "path" not in keys:
             self.error(node, f"{path}.path", "missing: every route needs a path pattern")
         else:
-            text = self.string(keys["path"], f"{path}.path")
+            text = self.value(ROUTE, keys, "path", path)
             if text is not None:
                 try:
                     pattern = compile_pattern(text)
@@ -551,20 +1068,22 @@ class Validator:
                     self.error(keys["path"], f"{path}.path", str(exc))
         host = None
         if "host" in keys:
-            text = self.string(keys["host"], f"{path}.host")
+            text = self.value(ROUTE, keys, "host", path)
             if text is not None:
                 host = routing_host(text)
         upstream = default_upstream
         if "upstream" in keys:
-            upstream = self.upstream(keys["upstream"], f"{path}.upstream")
+            upstream = self.value(ROUTE, keys, "upstream", path)
         elif default_upstream is None and not named_somehow(root, "upstream"):
             self.error(node, path, "no upstream: set this route's upstream or a top-level upstream")
         name = pattern.text if pattern is not None else path
         if "name" in keys:
-            name = self.string(keys["name"], f"{path}.name") or name
+            name = self.value(ROUTE, keys, "name", path) or name
         policy: Policy | None
         cors = keys.get("cors")
-        if cors is not None and cors.value == "passthrough":
+        cors_kind = ROUTE["cors"].kind
+        assert isinstance(cors_kind, SectionOr)
+        if cors is not None and cors.value == cors_kind.word:
             policy = None
         else:
             own = self.cors_keys(cors, f"{path}.cors") if cors is not None else CorsKeys()
@@ -600,28 +1119,17 @@ class Validator:
                 f"expected a mapping of CORS keys or passthrough, got {node.value!r}{hint}",
             )
             return out
-        keys = self.mapping(node, path, CORS_KEYS)
+        keys = self.mapping(node, path, CORS.names)
         if keys is None:
             return out
-        checks: dict[str, Callable[[Node, str], Any]] = {
-            "allow_origins": self.origins,
-            "allow_methods": self.methods,
-            "allow_headers": self.header_names,
-            "expose_headers": self.expose_names,
-            "allow_credentials": self.boolean,
-            "allow_private_network": self.boolean,
-            "report_only": self.boolean,
-            "max_age": self.max_age,
-            "on_disallowed": self.on_disallowed,
-            "preflight_status": self.preflight_status,
-        }
         for key, child in keys.items():
-            value = checks[key](child, join(path, key))
-            if value is not None or (key == "max_age" and child.value is None):
+            kind = CORS[key].kind
+            value = self.value(CORS, keys, key, path)
+            if value is not None or (getattr(kind, "nullable", False) and child.value is None):
                 out.values[key] = (value, child, join(path, key))
         return out
 
-    def origins(self, node: Node, path: str) -> tuple[OriginEntry, ...] | None:
+    def origins(self, node: Node, path: str, kind: Origins) -> tuple[OriginEntry, ...] | None:
         items = self.sequence(node, path)
         if items is None:
             return None
@@ -630,7 +1138,7 @@ class Validator:
             item_path = f"{path}[{index}]"
             value = item.value
             if isinstance(value, dict):
-                keys = self.mapping(item, item_path, ("regex",))
+                keys = self.mapping(item, item_path, kind.regex.names)
                 if keys is None or "regex" not in keys:
                     if keys is not None:
                         self.error(item, item_path, "expected {regex: PATTERN}")
@@ -690,13 +1198,13 @@ class Validator:
         if has_unescaped_dot(text):
             self.warn(node, path, "regex has an unescaped '.', which matches any character")
 
-    def methods(self, node: Node, path: str) -> tuple[str, ...] | None:
+    def methods(self, node: Node, path: str, kind: Names) -> tuple[str, ...] | None:
         names = self.tokens(node, path, "method")
         if names is None:
             return None
         for index, name in enumerate(names):
             item = node.value[index]
-            if name.upper() in FORBIDDEN_METHODS:
+            if name.lower() in kind.forbidden:
                 self.error(item, f"{path}[{index}]", f"{name!r} is a forbidden method")
             elif name != name.upper() and name.upper() in _NORMALISED_METHODS:
                 self.warn(
@@ -706,7 +1214,7 @@ class Validator:
                 )
         return names
 
-    def header_names(self, node: Node, path: str) -> tuple[str, ...] | None:
+    def header_names(self, node: Node, path: str, kind: Names) -> tuple[str, ...] | None:
         names = self.tokens(node, path, "header name")
         if names is None:
             return None
@@ -720,12 +1228,12 @@ class Validator:
                 )
         return names
 
-    def expose_names(self, node: Node, path: str) -> tuple[str, ...] | None:
+    def expose_names(self, node: Node, path: str, kind: Names) -> tuple[str, ...] | None:
         names = self.tokens(node, path, "header name")
         if names is None:
             return None
         for index, name in enumerate(names):
-            if name.lower() == hd.SET_COOKIE:
+            if name.lower() in kind.forbidden:
                 self.error(
                     node.value[index], f"{path}[{index}]", "browsers never expose Set-Cookie"
                 )
@@ -756,14 +1264,9 @@ class Validator:
             return None
         return tuple(names)
 
-    def max_age(self, node: Node, path: str) -> int | None:
-        value = node.value
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            self.error(
-                node, path, f"expected a whole number of seconds >= 0, got {describe(value)}"
-            )
+    def max_age(self, node: Node, path: str, kind: Integer) -> int | None:
+        value = self.integer(node, path, kind)
+        if not isinstance(value, int):
             return None
         if value > FIREFOX_MAX_AGE:
             self.warn(node, path, f"{value} s: Firefox caps preflight caching at {FIREFOX_MAX_AGE}")
@@ -773,15 +1276,11 @@ class Validator:
             )
         return value
 
-    def on_disallowed(self, node: Node, path: str) -> str | None:
-        if node.value not in ("reject", "forward"):
-            self.error(node, path, f"expected reject or forward, got {describe(node.value)}")
-            return None
-        return str(node.value)
-
-    def preflight_status(self, node: Node, path: str) -> int | None:
+    def preflight_status(self, node: Node, path: str, kind: Integer) -> int | None:
+        # The bounds come from the table; the message shows the value as written.
         value = node.value
-        if isinstance(value, bool) or not isinstance(value, int) or not 200 <= value <= 299:
+        whole = isinstance(value, int) and not isinstance(value, bool)
+        if not whole or value < kind.minimum or (kind.maximum is not None and value > kind.maximum):
             self.error(
                 node, path, f"expected a 2xx status (browsers need an ok status), got {value!r}"
             )
@@ -981,7 +1480,6 @@ def parse_upstream(text: str) -> tuple[Upstream | None, str]:
 _UPSTREAM_HOST = re.compile(
     r"^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$"
 )
-_NOT_IN_PATH = frozenset(' \\"<>^`{|}\x7f') | frozenset(map(chr, range(32)))
 
 
 def valid_upstream_host(host: str) -> bool:

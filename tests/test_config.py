@@ -117,6 +117,18 @@ ERROR_CASES = [
         "upstream: http://a\ndefaults:\n  allow_credentials: 'yes please'\n",
         [(3, "defaults.allow_credentials")],
     ),
+    # YAML 1.1 read a bare yes/on as true: a silent true while "yes" was an error.
+    (
+        "bool-bare-yes",
+        "upstream: http://a\ndefaults:\n  allow_credentials: yes\n",
+        [(3, "defaults.allow_credentials")],
+    ),
+    ("bool-bare-on", "upstream: http://a\npreserve_host: on\n", [(2, "preserve_host")]),
+    (
+        "bool-bare-off-in-route",
+        "upstream: http://a\nroutes:\n  - path: /x\n    cors: {report_only: off}\n",
+        [(4, "routes[0].cors.report_only")],
+    ),
     ("upstream-not-http", "upstream: ftp://a\n", [(1, "upstream")]),
     ("bad-upstream-reported-once", "upstream: ftp://a\nroutes:\n  - path: /x\n", [(1, "upstream")]),
     ("upstream-with-query", "upstream: http://a/?x=1\n", [(1, "upstream")]),
@@ -195,6 +207,8 @@ def test_misspelt_upstream_is_one_error_not_one_per_route() -> None:
         pytest.param(
             "defaults:\n  allow_origins: [null]\n", 'write "null" in quotes', id="bare-null"
         ),
+        pytest.param("defaults:\n  allow_credentials: yes\n", "write true or false", id="bool-yes"),
+        pytest.param("trust_forwarded: no\n", "write true or false", id="bool-no"),
         pytest.param(
             "routes:\n  - path: /a\n    cors: passthru\n",
             "did you mean 'passthrough'",
@@ -456,6 +470,13 @@ def test_route_host_keeps_ipv6_brackets() -> None:
 def test_access_log_bare_off_is_accepted() -> None:
     settings, _ = load("upstream: http://a\naccess_log: off\n")
     assert settings.access_log == "off"
+    settings, _ = load("upstream: http://a\naccess_log: false\n")
+    assert settings.access_log == "off"
+
+
+def test_booleans_are_true_and_false_in_any_yaml_1_2_spelling() -> None:
+    settings, _ = load("upstream: http://a\npreserve_host: True\ntrust_forwarded: TRUE\n")
+    assert settings.preserve_host and settings.trust_forwarded
 
 
 def test_tls_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:

@@ -19,7 +19,6 @@ from corsproxy.config import (
     Diagnostic,
     Overrides,
     load_settings,
-    settings_from_flags,
 )
 from corsproxy.origins import NULL_ORIGIN, split_origin
 from corsproxy.policy import Settings
@@ -45,7 +44,13 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"corsproxy {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    serve = commands.add_parser("serve", help="run the proxy")
+    serve = commands.add_parser(
+        "serve",
+        help="run the proxy",
+        description=SERVE_DESCRIPTION,
+        epilog=SERVE_EPILOG,
+        formatter_class=HELP_FORMAT,
+    )
     serve.add_argument(
         "-c", "--config", help="config file (default: $CORSPROXY_CONFIG, else ./corsproxy.yaml)"
     )
@@ -65,16 +70,42 @@ def build_parser() -> Parser:
     serve.add_argument(
         "--listen", metavar="HOST:PORT", help="listen address (default 127.0.0.1:8080)"
     )
+    serve.add_argument(
+        "--admin",
+        metavar="HOST:PORT",
+        help="admin listener: /healthz /readyz /metrics /config (default: $CORSPROXY_ADMIN, "
+        "else the file's admin, else none)",
+    )
 
-    check = commands.add_parser("check", help="validate a config file")
+    check = commands.add_parser(
+        "check",
+        help="validate a config file",
+        description=CHECK_DESCRIPTION,
+        epilog=CHECK_EPILOG,
+        formatter_class=HELP_FORMAT,
+    )
     check.add_argument(
         "-c", "--config", help="config file (default: $CORSPROXY_CONFIG, else ./corsproxy.yaml)"
+    )
+
+    commands.add_parser(
+        "schema",
+        help="print the JSON Schema of the config file (for editors and CI)",
+        description=SCHEMA_DESCRIPTION,
+        epilog=SCHEMA_EPILOG,
+        formatter_class=HELP_FORMAT,
     )
 
     add_explain_parser(commands)
     add_probe_parser(commands)
 
-    demo = commands.add_parser("demo", help="run the proxy in front of a built-in echo upstream")
+    demo = commands.add_parser(
+        "demo",
+        help="run the proxy in front of a built-in echo upstream",
+        description=DEMO_DESCRIPTION,
+        epilog=DEMO_EPILOG,
+        formatter_class=HELP_FORMAT,
+    )
     demo.add_argument("-c", "--config", help=f"rules to use (default: {DEMO_CONFIG})")
     demo.add_argument(
         "--listen",
@@ -93,6 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check":
             return run_check(args)
+        if args.command == "schema":
+            from corsproxy.schema import schema_text
+
+            sys.stdout.write(schema_text())
+            return EXIT_OK
         if args.command == "explain":
             return run_explain(args)
         if args.command == "probe":
@@ -155,19 +191,29 @@ def serve_overrides(args: argparse.Namespace) -> Overrides:
     return Overrides(upstream, origins, args.allow_credentials, listen)
 
 
+def config_source(
+    config: str | None, overrides: Overrides, admin: tuple[str, str] | None = None
+) -> ConfigSource | None:
+    """Where serve (and explain, modelling it) reads its rules: the file from -c,
+    $CORSPROXY_CONFIG or ./corsproxy.yaml, else the flags' catch-all route; None (said on
+    stderr) when there is neither."""
+    path, named = config_path(config)
+    if named or os.path.exists(path):
+        return ConfigSource(path, overrides, admin)
+    if overrides.upstream is not None:
+        return ConfigSource(None, overrides, admin)
+    print(
+        f"corsproxy: error: no config: {path} does not exist; pass -c FILE, or "
+        "--upstream URL --allow-origin ORIGIN",
+        file=sys.stderr,
+    )
+    return None
+
+
 def load_for_serve(args: argparse.Namespace) -> tuple[ConfigSource, Settings] | None:
     overrides = serve_overrides(args)
-    path, named = config_path(args.config)
-    if named or os.path.exists(path):
-        source = ConfigSource(path, overrides)
-    elif overrides.upstream is not None:
-        source = ConfigSource(None, overrides)
-    else:
-        print(
-            f"corsproxy: error: no config: {path} does not exist; pass -c FILE, or "
-            "--upstream URL --allow-origin ORIGIN",
-            file=sys.stderr,
-        )
+    source = config_source(args.config, overrides, admin_override(args))
+    if source is None:
         return None
     try:
         settings, warnings = source.load()
@@ -180,8 +226,17 @@ def load_for_serve(args: argparse.Namespace) -> tuple[ConfigSource, Settings] | 
     return source, settings
 
 
+def admin_override(args: argparse.Namespace) -> tuple[str, str] | None:
+    """``--admin``, else ``$CORSPROXY_ADMIN``: replaces the file's ``admin`` (or sets one)."""
+    if args.admin:
+        return args.admin, "--admin"
+    if os.environ.get("CORSPROXY_ADMIN"):
+        return os.environ["CORSPROXY_ADMIN"], "$CORSPROXY_ADMIN"
+    return None
+
+
 def run_serve(args: argparse.Namespace) -> int:
-    from corsproxy.app import TLSError, make_ssl_context, run, serve
+    from corsproxy.app import ListenError, TLSError, make_ssl_context, run, serve
     from corsproxy.workers import supervise
 
     loaded = load_for_serve(args)
@@ -196,14 +251,15 @@ def run_serve(args: argparse.Namespace) -> int:
     except TLSError as exc:
         print(f"corsproxy: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    except OSError as exc:
-        print(f"corsproxy: error: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+    except OSError as exc:  # a ListenError names the listener, its address and why
+        why = exc if isinstance(exc, ListenError) else f"cannot listen: {exc.strerror or exc}"
+        print(f"corsproxy: error: {why}", file=sys.stderr)
         return EXIT_INVALID
     return EXIT_OK
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from corsproxy.app import run
+    from corsproxy.app import ListenError, run
 
     path = args.config or find_demo_config()
     if path is None:
@@ -215,10 +271,8 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         return run(demo(path, args.listen))
     except OSError as exc:
-        print(
-            f"corsproxy: error: cannot listen on {args.listen}: {exc.strerror or exc}",
-            file=sys.stderr,
-        )
+        why = exc if isinstance(exc, ListenError) else f"cannot listen on {args.listen}: {exc}"
+        print(f"corsproxy: error: {why}", file=sys.stderr)
         return EXIT_INVALID
 
 
@@ -230,7 +284,7 @@ def find_demo_config() -> str | None:
 
 
 async def demo(path: str, listen: str) -> int:
-    from corsproxy.app import start
+    from corsproxy.app import demo_admin, start
     from corsproxy.echo import start_echo
 
     echo_runner, echo_port = await start_echo()
@@ -249,13 +303,17 @@ async def demo(path: str, listen: str) -> int:
     except OSError:
         await echo_runner.cleanup()
         raise
+    admin, admin_line = await demo_admin(running)  # the config's admin, or why not
     print(DEMO_TEXT.format(proxy=running.url, echo=echo_url, config=path), flush=True)
+    print(admin_line, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await running.stop()
+    if admin is not None:
+        await admin.cleanup()
     await echo_runner.cleanup()
     return EXIT_OK
 
@@ -302,13 +360,34 @@ def add_page_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_explain_parser(commands: argparse._SubParsersAction[Parser]) -> None:
     explain = commands.add_parser(
-        "explain", help="tell what a browser would see through the proxy, without any network"
+        "explain",
+        help="tell what a browser would see through the proxy, without any network",
+        description=EXPLAIN_DESCRIPTION,
+        epilog=EXPLAIN_EPILOG,
+        formatter_class=HELP_FORMAT,
     )
     explain.add_argument(
         "-c", "--config", help="config file (default: $CORSPROXY_CONFIG, else ./corsproxy.yaml)"
     )
+    explain.add_argument(
+        "--upstream", help="as serve's: the upstream URL, no file needed ($CORSPROXY_UPSTREAM)"
+    )
+    explain.add_argument(
+        "--allow-origin",
+        action="append",
+        dest="allow_origins",
+        metavar="ORIGIN",
+        help="as serve's: an allowed origin; repeat for more ($CORSPROXY_ALLOW_ORIGINS)",
+    )
+    explain.add_argument(
+        "--allow-credentials",
+        action="store_true",
+        help="as serve's: allow credentialed requests (cookies, Authorization)",
+    )
     explain.add_argument("--origin", required=True, help="the page's origin, or null")
-    explain.add_argument("--method", required=True, help="the method the page asks fetch() for")
+    explain.add_argument(
+        "--method", default="GET", help="the method the page asks fetch() for (default GET)"
+    )
     explain.add_argument("--path", required=True, help="request path (and query) on the proxy")
     add_page_arguments(explain)
     explain.add_argument(
@@ -329,38 +408,42 @@ def run_explain(args: argparse.Namespace) -> int:
     except ArgumentError as exc:
         print(f"corsproxy explain: error: {exc}", file=sys.stderr)
         return EXIT_INVALID
-    loaded = load_for_explain(args.config)
+    loaded = load_for_explain(args)
     if loaded is None:
         return EXIT_INVALID
-    settings, origins_from = loaded
-    result = explain(settings, request, args.path, args.host, origins_from=origins_from)
+    settings, origins_from, no_file = loaded
+    result = explain(
+        settings, request, args.path, args.host, origins_from=origins_from, no_file=no_file
+    )
     print(to_json(result) if args.json else format_text(result).rstrip("\n"))
     return result.exit_code
 
 
-def load_for_explain(explicit: str | None) -> tuple[Settings, str | None] | None:
-    """The rules `serve` would run with here: the same file, the same $CORSPROXY_* variables.
-    Also returns where the origins came from when a variable replaced them."""
+def load_for_explain(args: argparse.Namespace) -> tuple[Settings, str | None, bool] | None:
+    """The rules `serve` would run with, given the same -c / --upstream / --allow-origin /
+    --allow-credentials and $CORSPROXY_* variables (serve_overrides and ConfigSource, as in
+    load_for_serve). Also returns where the origins came from when a flag or a variable
+    set them, and whether there is no file (the flags' catch-all route)."""
     overrides = serve_overrides(
-        argparse.Namespace(upstream=None, allow_origins=None, allow_credentials=False, listen=None)
+        argparse.Namespace(
+            upstream=args.upstream,
+            allow_origins=args.allow_origins,
+            allow_credentials=args.allow_credentials,
+            listen=None,
+        )
     )
-    path, named = config_path(explicit)
+    source = config_source(args.config, overrides)
+    if source is None:
+        return None
     try:
-        if named or os.path.exists(path):
-            settings, _ = load_settings(path, overrides)
-        elif overrides.upstream is not None:
-            settings, _ = settings_from_flags(overrides)
-        else:
-            print(
-                f"corsproxy: error: no config: {path} does not exist; pass -c FILE",
-                file=sys.stderr,
-            )
-            return None
+        settings, _ = source.load()
     except ConfigInvalid as exc:
         print_diagnostics(exc.diagnostics)
         return None
     origins = overrides.allow_origins
-    return settings, origins[1] if origins is not None else None
+    no_file = source.path is None
+    origins_from = origins[1] if origins is not None else "--allow-origin" if no_file else None
+    return settings, origins_from, no_file
 
 
 def valid_host(host: str) -> bool:
@@ -377,7 +460,11 @@ def valid_host(host: str) -> bool:
 
 def add_probe_parser(commands: argparse._SubParsersAction[Parser]) -> None:
     probe = commands.add_parser(
-        "probe", help="check a live server as a browser would (preflight, request, verdict)"
+        "probe",
+        help="check a live server as a browser would (preflight, request, verdict)",
+        description=PROBE_DESCRIPTION,
+        epilog=PROBE_EPILOG,
+        formatter_class=HELP_FORMAT,
     )
     probe.add_argument("url", metavar="URL", help="the http:// or https:// URL the page fetches")
     probe.add_argument("--origin", required=True, help="the page's origin, or null")
@@ -450,3 +537,113 @@ def serialise_origin(origin: str) -> str:
         )
     port = "" if parsed.port is None else f":{parsed.port}"
     return f"{parsed.scheme}://{parsed.host}{port}"
+
+
+# --- help texts (description and epilog of each subcommand) ---------------------------------
+
+HELP_FORMAT = argparse.RawDescriptionHelpFormatter
+
+SERVE_DESCRIPTION = """\
+Run the proxy: answer CORS preflights itself, stream every other request to the upstream,
+and put on each response exactly the Access-Control-* headers the rules decide (whatever
+the upstream sent is stripped). The rules come from a YAML file (-c FILE, else
+$CORSPROXY_CONFIG, else ./corsproxy.yaml), or with no file at all from --upstream and
+--allow-origin: one catch-all route allowing those origins, every method and header, and
+exposing every response header (max_age 600). Flags and variables replace the file's
+upstream and defaults.allow_origins. An edited file is reloaded live."""
+
+SERVE_EPILOG = """\
+examples:
+  corsproxy serve --upstream http://localhost:3000 --allow-origin http://localhost:5173
+  corsproxy serve -c corsproxy.yaml
+
+environment variables (a flag wins over its variable):
+  CORSPROXY_CONFIG         the config file, when -c is not given
+  CORSPROXY_UPSTREAM       the default upstream URL, as --upstream
+  CORSPROXY_ALLOW_ORIGINS  allowed origins, comma-separated, as --allow-origin
+  CORSPROXY_ADMIN          the admin listener's HOST:PORT, as --admin
+  CORSPROXY_UPSTREAM_CA    a PEM file of CA certificates to trust for https:// upstreams
+
+exit status:
+  0  stopped cleanly (SIGTERM or Ctrl-C, after the requests in flight finished)
+  2  bad arguments, an invalid config (FILE:LINE: key: error: ...), no config, or cannot
+     listen"""
+
+CHECK_DESCRIPTION = """\
+Validate a config file without starting anything: every problem is reported at once as
+FILE:LINE: key.path: error: message (warnings as ...: warning: ...), the same messages
+serve refuses the file with. On success, prints how many routes the file has."""
+
+CHECK_EPILOG = """\
+example:
+  corsproxy check -c corsproxy.yaml
+
+exit status:
+  0  valid (warnings allowed)
+  2  invalid, unreadable or missing file, or bad arguments"""
+
+EXPLAIN_DESCRIPTION = """\
+Tell, without any network and without a running proxy, what a browser on a page at
+--origin would see for a fetch() through the proxy: whether it sends a preflight and why,
+what the proxy answers, the CORS headers of the response, the browser's verdict and, when
+blocked, the smallest config change that would allow it. The rules are the ones serve would
+run with: the same -c FILE, or serve's no-file flags --upstream URL --allow-origin ORIGIN
+[--allow-credentials], and the same $CORSPROXY_* variables."""
+
+EXPLAIN_EPILOG = """\
+examples:
+  corsproxy explain -c corsproxy.yaml --origin https://app.example.com --method PUT \\
+      --path /api/orders --header 'Content-Type: application/json' --credentials
+  corsproxy explain --upstream http://localhost:3000 --allow-origin http://localhost:5173 \\
+      --origin http://localhost:5173 --path /api/orders
+
+exit status:
+  0  the browser lets the page read the response
+  1  the browser blocks it
+  2  bad arguments, or an invalid or missing config
+  3  cannot tell: the route is cors: passthrough, the upstream decides (use probe)"""
+
+PROBE_DESCRIPTION = """\
+Check a live server, corsproxy or not, the way a browser would: send the CORS preflight
+when a browser would (exactly its headers, never credentials), then the actual request,
+and judge each answer with the Fetch Standard's rules. Shows each step's status, CORS
+headers and the first line of a non-2xx body; when corsproxy refused the request, the
+verdict names the failed check, and a hint says where the fix is. No cookies are sent and
+no redirect is followed."""
+
+PROBE_EPILOG = """\
+example:
+  corsproxy probe http://127.0.0.1:8080/api/orders --origin https://app.example.com \\
+      --method PUT --header 'Content-Type: application/json' --credentials
+
+exit status:
+  0  the browser lets the page read the response
+  1  the browser blocks it
+  2  bad arguments, a bad URL, cannot connect, or no answer within --timeout"""
+
+DEMO_DESCRIPTION = """\
+Run the proxy in front of a built-in echo API (which answers with what it received, as
+JSON), with the rules of config/corsproxy.yaml, and print curl commands to try. Ctrl-C
+stops both."""
+
+DEMO_EPILOG = """\
+example:
+  corsproxy demo --listen 127.0.0.1:8080
+
+exit status:
+  0  stopped with Ctrl-C or SIGTERM
+  2  the rules are missing or invalid, cannot listen, or bad arguments"""
+
+SCHEMA_DESCRIPTION = """\
+Print the JSON Schema (2020-12) of the config file on stdout, generated from the same tables
+the validator checks every key with, for editors (YAML language servers) and CI. A schema
+cannot express every rule (full origin and path syntax, '*' with credentials inherited from
+defaults, readable TLS files): run check for those."""
+
+SCHEMA_EPILOG = """\
+example:
+  corsproxy schema > corsproxy.schema.json
+
+exit status:
+  0  the schema was printed
+  2  bad arguments"""

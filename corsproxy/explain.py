@@ -115,11 +115,14 @@ def explain(
     host: str | None = None,
     *,
     origins_from: str | None = None,
+    no_file: bool = False,
 ) -> Explanation:
     """What a browser at ``request.origin`` would see for ``request`` to ``path`` through
     the proxy configured by ``settings``. ``host`` is the Host the page addresses
     (default: the listen address); ``origins_from`` names where ``defaults.allow_origins``
-    came from when not the file (``$CORSPROXY_ALLOW_ORIGINS``), for the fix text."""
+    came from when not the file (``--allow-origin``, ``$CORSPROXY_ALLOW_ORIGINS``), for the
+    fix text; ``no_file``: the settings are serve's no-file mode (``--upstream``), so a fix
+    is a flag, not a key."""
     scheme = "https" if settings.tls is not None else "http"
     host_given = host is not None
     if host is None:
@@ -224,7 +227,7 @@ def explain(
             "the upstream's own CORS headers decide; judged here as if the rules were enforced"
         )
         policy = dataclasses.replace(policy, report_only=False)
-    fixer = Fixer(settings, index, request, planned, policy, origins_from)
+    fixer = Fixer(settings, index, request, planned, policy, origins_from, no_file)
 
     if planned.preflight:
         facts = RequestFacts(
@@ -430,6 +433,7 @@ class Fixer:
         planned: browser.Plan,
         policy: Policy,
         origins_from: str | None,
+        no_file: bool = False,
     ) -> None:
         self.keys = {k: (v, where) for k, v, where in effective_policy(settings, index)}
         self.index = index
@@ -437,6 +441,7 @@ class Fixer:
         self.planned = planned
         self.policy = policy
         self.origins_from = origins_from
+        self.no_file = no_file
 
     def fixes(self) -> tuple[str, ...]:
         out: list[str] = []
@@ -463,7 +468,13 @@ class Fixer:
                 "credentials"
             )
         elif request.credentials and not policy.allow_credentials:
-            out.append(f"set {self.where('allow_credentials')}: true")
+            if self.no_file:
+                out.append(
+                    "add --allow-credentials (serve's flag; with a file: "
+                    "defaults.allow_credentials: true)"
+                )
+            else:
+                out.append(f"set {self.where('allow_credentials')}: true")
         return tuple(out) or ("no single config key explains this: see the reason above",)
 
     def method_fix(self) -> str:
@@ -497,6 +508,8 @@ class Fixer:
         value, where = self.keys[key]
         place = self.where(key)
         if key == "allow_origins" and place == self.origins_from:
+            if place.startswith("--"):
+                return f"add another {place} {item} (serve's flag)"
             return f"add {item} to {place}"
         if where is None:
             listed = [*(str(v) for v in value), item]

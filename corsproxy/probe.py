@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,14 @@ Exchange = tuple[str, int, Headers]  # (method sent, response status, response h
 
 USER_AGENT = f"corsproxy-probe/{__version__}"
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# How corsproxy's refusal bodies start (proxy.answer_parts): the rest names the failed checks.
+REFUSAL_PREFIXES = (
+    ("CORS preflight rejected: ", "the preflight"),
+    ("CORS request rejected: ", "the request"),
+    ("WebSocket rejected: ", "the WebSocket handshake"),
+)
+BODY_LINE_LIMIT = 200  # characters of a body's first line shown
+_BODY_READ_LIMIT = 4096  # bytes read to find it
 # Response headers the text trace shows (JSON carries them all).
 _SHOWN_PREFIXES = ("access-control-",)
 _SHOWN = frozenset({"vary", "location"})
@@ -54,10 +63,29 @@ class ProbeResult:
     reasons: list[str] = field(default_factory=list)  # HTTP reason phrases, per exchange
     notes: list[str] = field(default_factory=list)
     max_age: tuple[int, int, int] | None = None  # a passed preflight's cache time
+    bodies: list[str] = field(default_factory=list)  # first line of a non-2xx body, per exchange
+    refusal: str = ""  # the checks a corsproxy refusal body names, when it decided the verdict
+    refused_step: str = ""  # "preflight" or "actual": whose body named them
+    refused_body: str = ""  # that body's first line, as sent
+    hints: list[str] = field(default_factory=list)  # where the fix probably is
+
+    @property
+    def cause(self) -> str:
+        """Why it is blocked, in the server's words when it named the failed check, else in
+        the browser's ("" when allowed)."""
+        if self.allowed:
+            return ""
+        if self.refusal:
+            what = "the preflight" if self.refused_step == "preflight" else "the request"
+            for prefix, named in REFUSAL_PREFIXES:
+                if self.refused_body.startswith(prefix):
+                    what = named
+            return f"the server refused {what}: {self.refusal}"
+        return self.reason
 
     @property
     def verdict(self) -> str:
-        return "allowed" if self.allowed else f"blocked: {self.reason}"
+        return "allowed" if self.allowed else f"blocked: {self.cause}"
 
 
 def _literal_method_request(method: str) -> type[aiohttp.ClientRequest]:
@@ -82,9 +110,37 @@ def check_url(url: str) -> URL:
     return parsed
 
 
+def _printable(line: str) -> str:
+    shown = "".join(c if c.isprintable() else "?" for c in line).strip()
+    if len(shown) > BODY_LINE_LIMIT:
+        shown = shown[:BODY_LINE_LIMIT] + "..."
+    return shown
+
+
+async def _first_body_line(response: aiohttp.ClientResponse) -> str:
+    """The first line of a non-2xx response's body ("" for 2xx, no body, or a compressed
+    one): what a developer sees in the Network tab, and where corsproxy names the cause."""
+    if 200 <= response.status <= 299 or response.method == "HEAD":
+        return ""
+    encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        return ""
+    data = b""
+    try:
+        while b"\n" not in data and len(data) < _BODY_READ_LIMIT:
+            chunk = await response.content.read(_BODY_READ_LIMIT - len(data))
+            if not chunk:
+                break
+            data += chunk
+    except (aiohttp.ClientError, TimeoutError):
+        pass  # the status and headers are what the browser judges; the body is a courtesy
+    line = data.split(b"\n", 1)[0].rstrip(b"\r")
+    return _printable(line.decode("utf-8", "replace"))
+
+
 async def _send(
     session: aiohttp.ClientSession, method: str, url: URL, headers: Headers, timeout: float
-) -> tuple[int, str, Headers]:
+) -> tuple[int, str, Headers, str]:
     try:
         async with session.request(
             method, url, headers=list(headers), allow_redirects=False
@@ -93,7 +149,8 @@ async def _send(
                 (name.decode("latin-1"), value.decode("latin-1"))
                 for name, value in response.raw_headers
             )
-            return response.status, response.reason or "", raw
+            body = await _first_body_line(response)
+            return response.status, response.reason or "", raw, body
     except TimeoutError:
         raise ProbeError(f"{method} {url}: no answer within {timeout:g} s") from None
     except aiohttp.ClientConnectorError as exc:
@@ -146,9 +203,17 @@ async def probe(url: str, request: browser.Request, timeout: float = 10.0) -> Pr
         auto_decompress=False,
     )
 
+    bodies: list[str] = []
+
     def result(
         allowed: bool, reason: str, rule: str, stage: str, readable: list[str]
     ) -> ProbeResult:
+        refusal = refused_body = ""
+        if not allowed and exchanges and stage in ("preflight", "actual"):
+            refused_body = bodies[-1]
+            refusal = refusal_checks(exchanges[-1][1], refused_body)
+            if not refusal:
+                refused_body = ""
         return ProbeResult(
             url,
             request,
@@ -164,17 +229,23 @@ async def probe(url: str, request: browser.Request, timeout: float = 10.0) -> Pr
             reasons=phrases,
             notes=notes,
             max_age=max_age,
+            bodies=bodies,
+            refusal=refusal,
+            refused_step=stage if refusal else "",
+            refused_body=refused_body,
+            hints=hints(request, allowed, reason, refusal),
         )
 
     async with session:
         if planned.preflight:
             preflight = planned.preflight_headers(request.origin)
-            status, phrase, got = await _send(
+            status, phrase, got, body = await _send(
                 session, "OPTIONS", target, (*preflight, ("User-Agent", USER_AGENT)), timeout
             )
             sent.append(("OPTIONS", preflight))
             exchanges.append(("OPTIONS", status, got))
             phrases.append(phrase)
+            bodies.append(body)
             verdict = browser.judge_preflight(request, planned, status, got)
             if not verdict.ok:
                 reason = verdict.reason
@@ -185,12 +256,13 @@ async def probe(url: str, request: browser.Request, timeout: float = 10.0) -> Pr
                 return result(False, reason, verdict.rule, "preflight", [])
             max_age = browser.preflight_max_age(got)
         actual = ((h.ORIGIN, request.origin), *planned.headers)
-        status, phrase, got = await _send(
+        status, phrase, got, body = await _send(
             session, planned.method, target, (*actual, ("User-Agent", USER_AGENT)), timeout
         )
     sent.append((planned.method, actual))
     exchanges.append((planned.method, status, got))
     phrases.append(phrase)
+    bodies.append(body)
     check = browser.cors_check(request, got)
     location = browser.get_combined(got, "Location")
     if status in REDIRECT_STATUSES and location is not None:
@@ -210,6 +282,62 @@ async def probe(url: str, request: browser.Request, timeout: float = 10.0) -> Pr
     if not check.ok:
         return result(False, check.reason, check.rule, "actual", [])
     return result(True, "", check.rule, "actual", browser.readable_headers(request, got))
+
+
+def refusal_checks(status: int, body_line: str) -> str:
+    """The failed checks a corsproxy refusal names ("header 'x-trace-id' is not allowed"),
+    from its status and the first line of its body; "" when it is no such refusal."""
+    if 200 <= status <= 299:
+        return ""
+    for prefix, _ in REFUSAL_PREFIXES:
+        if body_line.startswith(prefix):
+            return body_line[len(prefix) :].strip()
+    return ""
+
+
+_ORIGIN_REFUSED = re.compile(r"^origin '(?P<origin>[^']*)' is not allowed")
+_METHOD_REFUSED = re.compile(r"^method '(?P<method>[^']*)' is not allowed$")
+_HEADER_REFUSED = re.compile(r"^header '(?P<header>[^']*)' is not allowed$")
+
+
+def hints(request: browser.Request, allowed: bool, reason: str, refusal: str) -> list[str]:
+    """Where the fix probably is, for the causes a config change on corsproxy's side fixes:
+    each check a refusal names, and credentials the response does not allow."""
+    if allowed:
+        return []
+    out: list[str] = []
+    for check in (part.strip() for part in refusal.split(";") if part.strip()):
+        if match := _ORIGIN_REFUSED.match(check):
+            origin = match["origin"]
+            shown = '"null"' if origin == "null" else origin
+            out.append(
+                f"the server's rules do not allow the origin {origin}: add {shown} to the "
+                f"route's allow_origins (serve without a file: another --allow-origin "
+                f"{origin}, or add it to $CORSPROXY_ALLOW_ORIGINS)"
+            )
+        elif match := _METHOD_REFUSED.match(check):
+            method = match["method"]
+            upper = method.upper()
+            text = f"add {method} to the route's allow_methods"
+            if method != upper:
+                text += f" (or call fetch() with '{upper}': browsers send '{method}' as written)"
+            out.append(text)
+        elif match := _HEADER_REFUSED.match(check):
+            out.append(f"add {match['header']} to the route's allow_headers")
+    if request.credentials and "credentials were included but" in reason:
+        out.append(
+            "the response does not allow credentials: with corsproxy, set allow_credentials: "
+            "true (serve without a file: add --allow-credentials), or call fetch() without "
+            "credentials"
+        )
+    elif request.credentials and "which a credentialed request never accepts" in reason:
+        out.append(
+            f"'*' never works with credentials: with corsproxy, list the origins in "
+            f"allow_origins and set allow_credentials: true (serve without a file: "
+            f"--allow-origin {request.origin} --allow-credentials), or call fetch() without "
+            "credentials"
+        )
+    return out
 
 
 def _shown(name: str) -> bool:
@@ -239,12 +367,18 @@ def format_text(result: ProbeResult) -> str:
         lines.append(f"< {status} {phrase}".rstrip())
         shown = [f"< {name}: {value}" for name, value in got if _shown(name)]
         lines += shown or ["< (no Access-Control-* headers)"]
+        body = result.bodies[index] if index < len(result.bodies) else ""
+        if body:
+            lines.append(f"< (body) {body}")
         if method == "OPTIONS" and planned.preflight and result.max_age is not None:
             seconds, chromium, firefox = result.max_age
             lines.append(
                 f"preflight: passed (cacheable {seconds} s: Chromium {chromium} s, "
                 f"Firefox {firefox} s)"
             )
+    if result.refusal:
+        lines.append(f"browser: {result.reason} (what the console reports)")
+    lines += [f"hint: {hint}" for hint in result.hints]
     lines.append(f"verdict: {result.verdict}")
     if result.allowed:
         lines.append("readable by JavaScript: " + (", ".join(result.readable) or "(none)"))
@@ -256,14 +390,18 @@ def as_dict(result: ProbeResult) -> dict[str, Any]:
     req, planned = result.request, result.plan
     exchanges = []
     for index, (method, status, got) in enumerate(result.exchanges):
+        preflight = method == "OPTIONS" and planned.preflight and index == 0
+        body = result.bodies[index] if index < len(result.bodies) else ""
         exchanges.append(
             {
+                "step": "preflight" if preflight else "actual",
                 "method": method,
                 "request_headers": [list(pair) for pair in result.sent[index][1]]
                 if index < len(result.sent)
                 else [],
                 "status": status,
                 "response_headers": [list(pair) for pair in got],
+                "body_first_line": body or None,
             }
         )
     max_age = None
@@ -286,6 +424,15 @@ def as_dict(result: ProbeResult) -> dict[str, Any]:
         "allowed": result.allowed,
         "verdict": "allowed" if result.allowed else "blocked",
         "reason": result.reason,
+        "cause": result.cause,
+        "refused_by_server": {
+            "step": result.refused_step,
+            "checks": result.refusal,
+            "body_first_line": result.refused_body,
+        }
+        if result.refusal
+        else None,
+        "hints": list(result.hints),
         "rule": result.rule,
         "stage": result.stage,
         "readable": list(result.readable),

@@ -464,7 +464,8 @@ def test_no_config_anywhere(
     code, out, err = explain_cli(capsys, "--origin", APP, "--method", "GET", "--path", "/")
     assert (code, out) == (2, "")
     assert err.strip().splitlines() == [
-        "corsproxy: error: no config: corsproxy.yaml does not exist; pass -c FILE"
+        "corsproxy: error: no config: corsproxy.yaml does not exist; pass -c FILE, or "
+        "--upstream URL --allow-origin ORIGIN"
     ]
 
 

@@ -97,3 +97,20 @@ def test_check_example_prints_what_readme_shows(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.splitlines() == expected
+
+
+def test_two_commands_use_a_venv_so_a_distributions_python_can_run_them() -> None:
+    """Debian 12's and Ubuntu 24.04's python3 refuse `pip install` outside a virtual
+    environment (externally-managed-environment): both commands make and use one, and the
+    README names the package that provides venv there."""
+    two = README.split("## Two commands", 1)[1].split("## ", 1)[0]
+    commands = re.findall(r"```sh\n(.*?)\n```", two, re.S)[:2]
+    assert len(commands) == 2
+    for command in commands:
+        assert command.startswith("python3 -m venv .venv && .venv/bin/pip install "), command
+        assert "python3 -m pip" not in command
+    assert commands[0].endswith(".venv/bin/corsproxy demo")
+    assert commands[1].endswith(".venv/bin/python -m pytest")
+    assert "python3-venv" in two
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert commands[1] in ci.splitlines(), ".ci/run must run the README's test command exactly"

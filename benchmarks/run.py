@@ -686,7 +686,7 @@ def websocket_scenario(nginx: str, workdir: str, rounds: int, seconds: float) ->
         cells = []
         for i in (0, 1):
             values = [r[i] for r in results[t]]
-            lo, mid, hi = spread(values)
+            mid, lo, hi = spread(values)
             cell = f"{fmt(mid)} [{fmt(lo)}-{fmt(hi)}]"
             if t != "nginx":
                 ratios = [r[i] / n[i] for r, n in zip(results[t], results["nginx"], strict=True)]

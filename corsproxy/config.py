@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from corsproxy import headers as hd
+from corsproxy import upstream_tls as utls
 from corsproxy.cors import FORBIDDEN_METHODS
 from corsproxy.origins import (
     NULL_ORIGIN,
@@ -316,6 +317,65 @@ TLS_TABLE = Table(
     ],
 )
 
+UPSTREAM_TLS = Table(
+    "upstream_tls",
+    "How the proxy checks https:// upstreams and the client certificate it presents to "
+    "them. A route's upstream_tls replaces the top-level one whole.",
+    [
+        Key(
+            "ca",
+            Text("string"),
+            "path",
+            "none",
+            "PEM file, or folder of `.pem`/`.crt`/`.cer` files, of CA certificates to trust, "
+            "added to the system's CA store (see `system_ca`). A relative path is relative to "
+            "the config file's folder.",
+        ),
+        Key(
+            "system_ca",
+            Boolean(),
+            "boolean",
+            "`true`",
+            "`true`: trust the system's CA store as well as `ca`. `false`: trust only `ca` "
+            "(needs `ca`).",
+            True,
+        ),
+        Key(
+            "cert",
+            Text("string"),
+            "path",
+            "none",
+            "PEM client certificate (chain) presented to upstreams that ask for one (mutual "
+            "TLS). A relative path is relative to the config file's folder.",
+        ),
+        Key(
+            "key",
+            Text("string"),
+            "path",
+            "the `cert` file",
+            "PEM private key of `cert`, unencrypted. A relative path is relative to the config "
+            "file's folder.",
+        ),
+        Key(
+            "verify",
+            Boolean(),
+            "boolean",
+            "`true`",
+            "`false`: accept any certificate, for a self-signed development server only. "
+            "Always warned about.",
+            True,
+        ),
+        Key(
+            "server_name",
+            Text("string"),
+            "host name",
+            "the upstream URL's host",
+            "Name sent in SNI and checked against the certificate, for an upstream addressed "
+            "by IP address or by a name its certificate does not carry.",
+        ),
+    ],
+)
+
 ORIGIN_REGEX = Table(
     "origin_regex",
     "An origin regex entry: {regex: PATTERN}.",
@@ -451,6 +511,14 @@ ROUTE = Table(
             "Where this route's requests go. Required when there is no top-level `upstream`.",
         ),
         Key(
+            "upstream_tls",
+            Section(UPSTREAM_TLS, "upstream_tls"),
+            "mapping (see [Upstream TLS](#upstream-tls))",
+            "top-level `upstream_tls`",
+            "TLS toward this route's https:// upstream; replaces the top-level `upstream_tls` "
+            "whole.",
+        ),
+        Key(
             "cors",
             SectionOr(CORS, "passthrough"),
             "mapping of CORS keys, or `passthrough`",
@@ -513,6 +581,14 @@ TOP = Table(
             "PEM certificate and key. The listener then speaks HTTPS.",
         ),
         Key(
+            "upstream_tls",
+            Section(UPSTREAM_TLS, "upstream_tls"),
+            "mapping (see [Upstream TLS](#upstream-tls))",
+            "system CAs, verified",
+            "TLS toward https:// upstreams: trusted CAs, a client certificate, `verify`, "
+            "`server_name`.",
+        ),
+        Key(
             "timeouts",
             Section(TIMEOUTS, "timeouts"),
             "mapping of seconds",
@@ -567,6 +643,7 @@ CORS_KEYS = CORS.names
 ROUTE_KEYS = ROUTE.names
 TIMEOUT_KEYS = TIMEOUTS.names
 TLS_KEYS = TLS_TABLE.names
+UPSTREAM_TLS_KEYS = UPSTREAM_TLS.names
 BUILTIN_CORS: dict[str, Any] = {key.name: key.value for key in CORS}
 
 
@@ -711,6 +788,8 @@ class Overrides:
     allow_credentials: bool = False
     listen: tuple[str, str] | None = None
     every_upstream: str | None = None  # demo: point every route at one upstream
+    upstream_ca: tuple[str, str] | None = None  # (absolute path, where): upstream_tls.ca
+    upstream_insecure: str | None = None  # where: upstream_tls.verify: false
 
     @property
     def empty(self) -> bool:
@@ -725,6 +804,15 @@ def apply_overrides(root: Node, overrides: Overrides) -> None:
     if overrides.listen is not None:
         value, where = overrides.listen
         top["listen"] = Node(value, where)
+    for key, value, where in (
+        ("ca", *(overrides.upstream_ca or (None, ""))),
+        ("verify", False, overrides.upstream_insecure),
+    ):
+        if where:  # the top-level upstream_tls, made or added to
+            tls = top.get("upstream_tls")
+            if tls is None or not isinstance(tls.value, dict):
+                tls = top["upstream_tls"] = Node({}, where)
+            tls.value[key] = Node(value, where)
     if overrides.every_upstream is not None:
         top["upstream"] = Node(overrides.every_upstream, "demo")
         routes = top.get("routes")
@@ -953,20 +1041,28 @@ class Validator:
         preserve_host = self.value(TOP, top, "preserve_host")
         trust_forwarded = self.value(TOP, top, "trust_forwarded")
         access_log = self.value(TOP, top, "access_log") if "access_log" in top else "json"
-        upstream = self.value(TOP, top, "upstream")
+        upstream_tls = self.value(TOP, top, "upstream_tls")
+        upstream = with_tls(self.value(TOP, top, "upstream"), upstream_tls)
 
         defaults = self.value(TOP, top, "defaults") or CorsKeys()
         fallback_policy = self.policy(defaults, CorsKeys(), "defaults", root)
         fallback = Route("default", None, None, upstream, fallback_policy)
 
         routes: list[tuple[int, Route]] = []
+        inheriting: list[str] = []  # routes under the top-level upstream_tls
         if "routes" in top:
             items = self.sequence(top["routes"], "routes") or []
             for index, item in enumerate(items):
-                route = self.route(item, f"routes[{index}]", defaults, upstream, root)
+                route = self.route(item, f"routes[{index}]", defaults, upstream, root, upstream_tls)
                 if route is not None:
                     routes.append((index, route))
+                    if not (isinstance(item.value, dict) and "upstream_tls" in item.value):
+                        inheriting.append(route_label(route))
             self.shadowed(routes, items)
+        if upstream_tls is not None and not upstream_tls.spec.verify:
+            if upstream is not None:
+                inheriting.append("the default route")
+            self.insecure(top["upstream_tls"], "upstream_tls", inheriting)
         if upstream is None and not routes and "upstream" not in top:
             self.warn(root, "upstream", "no upstream and no routes: every request gets 404")
         if any(d.severity == "error" for d in self.diagnostics):
@@ -1035,6 +1131,62 @@ class Validator:
                 values[key] = seconds
         return Timeouts(**values)
 
+    def upstream_tls(self, node: Node, path: str) -> utls.UpstreamTLS | None:
+        """``upstream_tls``, compiled: its files are read and its SSL context built here,
+        once, so a bad file is an error of the key that names it."""
+        keys = self.mapping(node, path, UPSTREAM_TLS.names)
+        if keys is None:
+            return None
+        values = {name: self.value(UPSTREAM_TLS, keys, name, path) for name in keys}
+        if any(values[name] is None for name in keys):
+            return None  # a wrong value, already reported
+        for name in ("ca", "cert", "key"):
+            if name in values:
+                text = values[name]
+                values[name] = text if os.path.isabs(text) else os.path.join(self.base_dir, text)
+                if not os.access(values[name], os.R_OK):
+                    self.error(keys[name], join(path, name), f"cannot read {values[name]!r}")
+                    return None
+        if "server_name" in values:
+            name = values["server_name"].lower().rstrip(".")
+            if not _UPSTREAM_HOST.match(name):
+                self.error(
+                    keys["server_name"],
+                    join(path, "server_name"),
+                    f"expected a host name, got {values['server_name']!r}",
+                )
+                return None
+            values["server_name"] = name
+        if "key" in values and "cert" not in values:
+            self.error(keys["key"], join(path, "key"), "a key needs its cert: set cert too")
+            return None
+        verify = values.get("verify", True)
+        if values.get("system_ca") is False and "ca" not in values and verify:
+            self.error(
+                keys["system_ca"],
+                join(path, "system_ca"),
+                "system_ca: false trusts only ca, and there is no ca: no upstream "
+                "certificate could ever be trusted",
+            )
+            return None
+        try:
+            return utls.build(utls.Spec(**values))
+        except utls.TLSFileError as exc:
+            at = keys.get(exc.key) or keys.get("cert") or node
+            self.error(at, join(path, exc.key), exc.message)
+            return None
+
+    def insecure(self, node: Node, path: str, routes: Sequence[str]) -> None:
+        """``verify: false`` is allowed (local development needs it) and never quiet."""
+        verify = node.value.get("verify", node) if isinstance(node.value, dict) else node
+        who = f"used by {', '.join(routes)}" if routes else "no route uses it yet"
+        self.warn(
+            verify,
+            join(path, "verify"),
+            f"verify: false: upstream certificates are not checked ({who}): anyone on the "
+            "network path can pose as the upstream; for local development only",
+        )
+
     def upstream(self, node: Node, path: str) -> Upstream | None:
         text = self.string(node, path)
         if text is None:
@@ -1052,6 +1204,7 @@ class Validator:
         defaults: CorsKeys,
         default_upstream: Upstream | None,
         root: Node,
+        default_tls: utls.UpstreamTLS | None = None,
     ) -> Route | None:
         keys = self.mapping(node, path, ROUTE.names)
         if keys is None:
@@ -1072,8 +1225,13 @@ class Validator:
             if text is not None:
                 host = routing_host(text)
         upstream = default_upstream
+        tls = default_tls
+        if "upstream_tls" in keys:
+            tls = self.value(ROUTE, keys, "upstream_tls", path)
         if "upstream" in keys:
-            upstream = self.value(ROUTE, keys, "upstream", path)
+            upstream = with_tls(self.value(ROUTE, keys, "upstream", path), tls)
+        elif "upstream_tls" in keys:
+            upstream = with_tls(default_upstream, tls)
         elif default_upstream is None and not named_somehow(root, "upstream"):
             self.error(node, path, "no upstream: set this route's upstream or a top-level upstream")
         name = pattern.text if pattern is not None else path
@@ -1090,7 +1248,10 @@ class Validator:
             policy = self.policy(defaults, own, path, root)
         if pattern is None:
             return None
-        return Route(name, pattern, host, upstream, policy)
+        route = Route(name, pattern, host, upstream, policy)
+        if tls is not None and not tls.spec.verify and "upstream_tls" in keys:
+            self.insecure(keys["upstream_tls"], f"{path}.upstream_tls", [route_label(route)])
+        return route
 
     def shadowed(self, routes: list[tuple[int, Route]], items: list[Node]) -> None:
         for j, (index, later) in enumerate(routes):
@@ -1475,6 +1636,13 @@ def parse_upstream(text: str) -> tuple[Upstream | None, str]:
     base = f"{scheme}://{host}" + ("" if port is None else f":{port}")
     prefix = ("/" + prefix).rstrip("/") if slash else ""
     return Upstream(base, prefix, host_header), ""
+
+
+def with_tls(upstream: Upstream | None, tls: utls.UpstreamTLS | None) -> Upstream | None:
+    """The upstream with its ``upstream_tls``: only an https:// upstream uses one."""
+    if upstream is None or tls is None or not upstream.url.startswith("https:"):
+        return upstream
+    return Upstream(upstream.url, upstream.prefix, upstream.host_header, tls)
 
 
 _UPSTREAM_HOST = re.compile(

@@ -7,10 +7,13 @@ lowercase name sets, and the joined header values the engine sends as they are.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from corsproxy.origins import OriginMatcher
 from corsproxy.paths import PathPattern, path_parts
+
+if TYPE_CHECKING:
+    from corsproxy.upstream_tls import UpstreamTLS
 
 OnDisallowed = Literal["reject", "forward"]
 
@@ -87,6 +90,14 @@ class Upstream:
     url: str  # scheme://host[:port], no path
     prefix: str  # path prefix without a trailing slash, "" for none
     host_header: str  # host[:port] as the upstream expects it in Host
+    tls: UpstreamTLS | None = None  # https:// with upstream_tls set; None: the system's CAs
+    # The connection pool's key: the URL, and for upstream_tls its fingerprint, so routes
+    # with different TLS settings never share a connection.
+    key: str = field(default="", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        key = self.url if self.tls is None else f"{self.url} tls:{self.tls.fingerprint}"
+        object.__setattr__(self, "key", key)
 
     def target(self, path_qs: str) -> str:
         return self.url + self.prefix + path_qs

@@ -20,20 +20,21 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from corsproxy import wire
+from corsproxy import upstream_tls, wire
 from corsproxy.listener import READ_CHUNK, RawHeaders, ReadPauses
 from corsproxy.wire import Body, Framing, Refusal
 
 if TYPE_CHECKING:
     from corsproxy.listener import ClientConnection
-    from corsproxy.policy import Upstream
+    from corsproxy.policy import Settings, Upstream
+    from corsproxy.upstream_tls import UpstreamTLS
 
 
 FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 
 
 class UpstreamError(Exception):
-    """``reason`` is the metric label: connect, timeout or protocol. ``stale`` means a pooled
+    """``reason`` is the metric label: connect, tls, timeout or protocol. ``stale`` means a pooled
     connection was found closed before any byte of an answer: nothing was processed."""
 
     def __init__(self, reason: str, message: str, stale: bool = False, cause: str = "") -> None:
@@ -46,7 +47,19 @@ class UpstreamError(Exception):
     @property
     def explained(self) -> str:
         """The message with its cause, for the access log."""
-        return f"{self.message} ({self.cause})" if self.cause else self.message
+        if not self.cause or self.cause == self.message:
+            return self.message
+        if self.cause.startswith(self.message):  # a TLS cause: the message, with detail
+            return self.cause
+        return f"{self.message} ({self.cause})"
+
+
+def tls_error(exc: ssl.SSLError, tls: UpstreamTLS | None) -> UpstreamError:
+    """A TLS failure toward an upstream: a 502 whose body says what failed, in words
+    (``upstream TLS: certificate verify failed: self-signed certificate``), and whose
+    cause, for the log, adds the detail (the name checked, the key that fixes it)."""
+    message, cause = upstream_tls.describe(exc, tls)
+    return UpstreamError("tls", message, cause=cause)
 
 
 def describe_os_error(exc: OSError) -> str:
@@ -78,9 +91,11 @@ class _OutOfTurn(Exception):
 
 
 class UpstreamConnection(asyncio.Protocol):
-    def __init__(self, pool: UpstreamPool, key: str) -> None:
+    def __init__(self, pool: UpstreamPool, key: str, tls: UpstreamTLS | None = None) -> None:
         self.pool = pool
         self.key = key
+        self.tls = tls  # an https:// upstream's: says what a TLS failure means
+        self.session_kept = tls is None  # its TLS session is kept for the next connection
         self.loop = pool.loop
         self.transport: asyncio.Transport | None = None
         self.pauses = ReadPauses()
@@ -235,7 +250,15 @@ class UpstreamConnection(asyncio.Protocol):
         ):
             self.on_message_complete()  # the body was delimited by the (orderly) close
             return
-        if not self.got_data:
+        if isinstance(exc, ssl.SSLError):
+            # TLS 1.3: a refused client certificate arrives after the handshake, as an alert
+            self.fail(tls_error(exc, self.tls))
+        elif not self.got_data and self.tls is not None and not self.reused:
+            # A fresh TLS connection closed unanswered: an asyncio server that refused the
+            # client certificate sends no alert, it hangs up.
+            cause = upstream_tls.unanswered(self.tls)
+            self.fail(UpstreamError("protocol", "upstream closed the connection", cause=cause))
+        elif not self.got_data:
             self.fail(UpstreamError("protocol", "upstream closed the connection", self.reused))
         else:
             self.fail(UpstreamError("protocol", "upstream closed the connection mid-response"))
@@ -465,11 +488,12 @@ class UpstreamPool:
         self.loop = asyncio.get_running_loop()
         self.idle = idle
         self.free: dict[str, list[UpstreamConnection]] = {}
-        self.endpoints: dict[str, tuple[str, int, ssl.SSLContext | None]] = {}
-        self.tls_context: ssl.SSLContext | None = None
+        self.endpoints: dict[str, tuple[str, int, UpstreamTLS | None, str | None]] = {}
+        self.live: frozenset[str] | None = None  # after a reload: the keys still in use
+        self.sweeper: asyncio.TimerHandle | None = None
 
     def take(self, upstream: Upstream) -> UpstreamConnection | None:
-        free = self.free.get(upstream.url)
+        free = self.free.get(upstream.key)
         while free:
             conn = free.pop()
             if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
@@ -478,61 +502,97 @@ class UpstreamPool:
         return None
 
     async def connect(self, upstream: Upstream, timeout: float) -> UpstreamConnection:
-        host, port, context = self.endpoint(upstream.url)
+        host, port, tls, server_name = self.endpoint(upstream)
         try:
             async with asyncio.timeout(timeout):
                 _, conn = await self.loop.create_connection(
-                    lambda: UpstreamConnection(self, upstream.url),
+                    lambda: UpstreamConnection(self, upstream.key, tls),
                     host,
                     port,
-                    ssl=context,
-                    server_hostname=host if context is not None else None,
+                    ssl=tls.context if tls is not None else None,
+                    server_hostname=server_name,
                 )
         except TimeoutError:
             cause = "connect: no connection within timeouts.connect"
             raise UpstreamError("timeout", "upstream did not answer in time", cause=cause) from None
+        except ssl.SSLError as exc:
+            raise tls_error(exc, tls) from None
         except OSError as exc:
             cause = f"connect: {describe_os_error(exc)}"
             raise UpstreamError("connect", "upstream unreachable", cause=cause) from None
         return conn
 
-    def endpoint(self, url: str) -> tuple[str, int, ssl.SSLContext | None]:
-        found = self.endpoints.get(url)
+    def endpoint(self, upstream: Upstream) -> tuple[str, int, UpstreamTLS | None, str | None]:
+        """(host, port, TLS settings, the name SNI sends and the certificate must carry)."""
+        found = self.endpoints.get(upstream.key)
         if found is None:
-            parts = urlsplit(url)
-            tls = parts.scheme == "https"
-            if tls and self.tls_context is None:
-                self.tls_context = ssl.create_default_context()
-            found = (
-                parts.hostname or "",
-                parts.port or (443 if tls else 80),
-                self.tls_context if tls else None,
-            )
-            self.endpoints[url] = found
+            parts = urlsplit(upstream.url)
+            https = parts.scheme == "https"
+            tls = (upstream.tls or upstream_tls.default()) if https else None
+            host = parts.hostname or ""
+            name = None
+            if tls is not None:
+                name = tls.spec.server_name or host
+            found = (host, parts.port or (443 if https else 80), tls, name)
+            self.endpoints[upstream.key] = found
         return found
 
     def release(self, conn: UpstreamConnection) -> None:
         reusable = conn.reusable
         conn.reset()  # also forgets the client: a late resume_writing must not reach it
-        if not reusable:
+        if not conn.session_kept and conn.tls is not None and conn.transport is not None:
+            # After an exchange, so a TLS 1.3 ticket (sent after the handshake) has arrived.
+            conn.session_kept = True
+            conn.tls.context.remember(conn.transport.get_extra_info("ssl_object"))
+        if not reusable or (self.live is not None and conn.key not in self.live):
             conn.close()
             return
         conn.idle_since = time.monotonic()
         self.free.setdefault(conn.key, []).append(conn)
+        if self.sweeper is None:
+            self.sweeper = self.loop.call_later(self.idle, self.sweep)
 
     def forget(self, conn: UpstreamConnection) -> None:
         free = self.free.get(conn.key)
         if free and conn in free:
             free.remove(conn)
 
+    def retire(self, settings: Settings) -> None:
+        """A reload: connections to upstreams (or with upstream_tls settings) no route uses
+        any more are closed now when idle, and when their exchange ends when busy; new
+        connections use the new settings."""
+        table = settings.table
+        self.live = live = frozenset(
+            r.upstream.key for r in (*table.routes, table.fallback) if r.upstream is not None
+        )
+        for key, free in list(self.free.items()):
+            if key not in live:
+                for conn in list(free):
+                    conn.close()
+                self.free.pop(key, None)
+        self.endpoints = {k: v for k, v in self.endpoints.items() if k in live}
+
     def sweep(self) -> None:
-        """Close connections idle longer than ``idle`` (timeouts.idle)."""
-        cutoff = time.monotonic() - self.idle
+        """Close connections idle longer than ``idle`` (timeouts.idle); one timer for the
+        pool, armed while it holds idle connections, due when the oldest expires."""
+        self.sweeper = None
+        now = time.monotonic()
+        cutoff = now - self.idle
+        oldest = now
         for free in self.free.values():
-            for conn in [c for c in free if c.idle_since < cutoff]:
-                conn.close()
+            for conn in list(free):
+                if conn.idle_since < cutoff:
+                    free.remove(conn)
+                    conn.close()
+                else:
+                    oldest = min(oldest, conn.idle_since)
+        if any(self.free.values()):
+            self.sweeper = self.loop.call_later(oldest + self.idle - now, self.sweep)
 
     def close(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            self.sweeper = None
         for free in self.free.values():
             for conn in list(free):
                 conn.close()

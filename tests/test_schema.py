@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from jsonschema import Draft202012Validator
 
 from corsproxy import config
@@ -39,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_FILE = ROOT / "config" / "corsproxy.schema.json"
 EXAMPLES = sorted((ROOT / "config").glob("*.yaml"))
 VALIDATOR = Draft202012Validator(schema())
+CA = trustme.CA()
 
 
 def schema_errors(text: str) -> list[str]:
@@ -50,6 +52,7 @@ def check(text: str, tmp_path: Path) -> list[str]:
     """`corsproxy check` on the text: its errors (warnings are fine)."""
     (tmp_path / "cert.pem").write_text("x")
     (tmp_path / "key.pem").write_text("x")
+    CA.cert_pem.write_to_path(str(tmp_path / "ca.pem"))  # upstream_tls.ca: a real CA
     path = tmp_path / "c.yaml"
     path.write_text(textwrap.dedent(text))
     try:
@@ -180,6 +183,9 @@ BROKEN = [
     ("tls-without-key", "upstream: http://a\ntls: {cert: cert.pem}\n"),
     ("tls-unknown-key", "upstream: http://a\ntls: {cert: cert.pem, key: key.pem, ca: c.pem}\n"),
     ("top-level-a-list", "- upstream: http://a\n"),
+    ("upstream-tls-unknown-key", "upstream: https://a\nupstream_tls: {cafile: ca.pem}\n"),
+    ("upstream-tls-verify-no", "upstream: https://a\nupstream_tls: {verify: no}\n"),
+    ("upstream-tls-a-string", "upstream: https://a\nupstream_tls: ca.pem\n"),
 ]
 
 VALID = [
@@ -193,6 +199,11 @@ VALID = [
     ("ipv6-listen-and-upstream", "listen: '[::]:8080'\nupstream: 'https://[::1]:8443/v1/'\n"),
     ("timeouts-decimal", "upstream: http://a\ntimeouts: {read: 2.5, websocket_idle: 10}\n"),
     ("tls", "upstream: http://a\ntls: {cert: cert.pem, key: key.pem}\n"),
+    (
+        "upstream-tls",
+        "upstream: https://a\nupstream_tls: {ca: ca.pem, system_ca: false, server_name: a.b}\n"
+        "routes: [{path: /x, upstream_tls: {verify: false}}]\n",
+    ),
     ("name-yes-is-a-string", "upstream: http://a\nroutes: [{path: /x, name: yes}]\n"),
     (
         "routes-with-own-upstreams",
@@ -263,6 +274,8 @@ def with_value(path: tuple[Any, ...], word: str) -> tuple[str, str]:
     for step, following in zip(path, (*path[1:], None), strict=True):
         if following is None:
             node[step] = "@WORD@"
+            if step == "system_ca":  # system_ca: false needs a ca
+                node["ca"] = "ca.pem"
         elif isinstance(following, int):
             node = node.setdefault(step, [{"path": "/x"}])
         elif isinstance(step, int):
@@ -348,7 +361,12 @@ def documented(table: Table) -> dict[str, Key]:
 
 @pytest.mark.parametrize(
     ("section", "table"),
-    [("Top-level keys", TOP), ("Routes", config.ROUTE), ("CORS keys", config.CORS)],
+    [
+        ("Top-level keys", TOP),
+        ("Routes", config.ROUTE),
+        ("CORS keys", config.CORS),
+        ("Upstream TLS", config.UPSTREAM_TLS),
+    ],
 )
 def test_docs_tables_are_the_key_tables(section: str, table: Table) -> None:
     rows = docs_rows(section)

@@ -328,11 +328,17 @@ def start_nginx(nginx: str, workdir: str, name: str, conf: str, port: int) -> Se
 
 
 def start_corsproxy(
-    workdir: str, name: str, port: int, up: int, workers: int, prefix: list[str] | None = None
+    workdir: str,
+    name: str,
+    port: int,
+    up: int,
+    workers: int,
+    prefix: list[str] | None = None,
+    conf: str = CORSPROXY_CONF,
 ) -> Server:
     path = os.path.join(workdir, f"{name}.yaml")
     with open(path, "w") as f:
-        f.write(CORSPROXY_CONF.format(port=port, up=up, workers=workers, origin=ORIGIN))
+        f.write(conf.format(port=port, up=up, workers=workers, origin=ORIGIN))
     cmd = [*(prefix or [sys.executable]), "-m", "corsproxy", "serve", "-c", path]
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(
@@ -625,6 +631,64 @@ def sanity(servers: dict[str, Server]) -> None:
         assert st == 403, (name, st)
 
 
+def admin_page_scenario(wrk: str, workdir: str, up: int, rounds: int, seconds: float) -> str:
+    """What an open admin page costs: corsproxy (with its admin listener) under the GET 100 B
+    load, with and without a client reading /state.json once a second as the page does, in
+    interleaved rounds; the difference in the process's CPU."""
+    import http.client
+
+    admin = free_port()
+    conf = CORSPROXY_CONF + f"admin: 127.0.0.1:{admin}\n"
+    server = start_corsproxy(workdir, "corsproxy-admin", free_port(), up, 1, conf=conf)
+    script = os.path.join(workdir, "admin-get.lua")
+    with open(script, "w") as f:
+        f.write(LUA_GET)
+    url = f"http://127.0.0.1:{server.port}/small"
+    results: dict[str, list[Sample]] = {"closed": [], "open": []}
+
+    def page(stop: threading.Event) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=5)
+        for path in ("/", "/admin.css", "/admin.js"):
+            conn.request("GET", path)
+            conn.getresponse().read()
+        while not stop.is_set():
+            conn.request("GET", "/state.json")
+            conn.getresponse().read()
+            stop.wait(1.0)
+        conn.close()
+
+    try:
+        run_wrk(wrk, script, url, 32, 1, server)  # warm-up
+        for rnd in range(rounds):
+            for state in ("closed", "open") if rnd % 2 == 0 else ("open", "closed"):
+                stop = threading.Event()
+                poller = threading.Thread(target=page, args=(stop,), daemon=True)
+                if state == "open":
+                    poller.start()
+                results[state].append(run_wrk(wrk, script, url, 32, seconds, server))
+                stop.set()
+                if state == "open":
+                    poller.join()
+    finally:
+        server.stop()
+    closed = statistics.median(s.cpu_us for s in results["closed"])
+    opened = statistics.median(s.cpu_us for s in results["open"])
+    rps = statistics.median(s.rps for s in results["open"])
+    per_second = (opened - closed) * rps / 1000  # ms of CPU per second of load
+    return "\n".join(
+        [
+            f"### the admin page open during GET 100 B  (wrk -t1 -c32; median over {rounds} "
+            "round(s); the page reads /state.json once a second)",
+            "",
+            "| admin page | CPU us/request (corsproxy) |",
+            "|---|---|",
+            f"| closed | {fmt(closed)} |",
+            f"| open | {fmt(opened)} ({opened / closed:.2f}x; about {per_second:.1f} ms CPU per "
+            "second of load) |",
+        ]
+    )
+
+
 def websocket_scenario(nginx: str, workdir: str, rounds: int, seconds: float) -> str:
     """Small WebSocket messages echoed by the demo's echo upstream, hit directly, through
     nginx and through corsproxy; the proxy CPU per relayed message, in the same run."""
@@ -694,6 +758,86 @@ def websocket_scenario(nginx: str, workdir: str, rounds: int, seconds: float) ->
             cells.append(cell)
         lines.append(f"| {label} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
+
+
+HTTPS_UPSTREAM_CONF = (
+    NGINX_COMMON
+    + """\
+http {{
+"""
+    + HTTP_COMMON
+    + """\
+    server {{
+        listen 127.0.0.1:{port} ssl backlog=4096;
+        ssl_certificate {dir}/https-upstream.pem;
+        ssl_certificate_key {dir}/https-upstream-key.pem;
+        root {dir}/www;
+        location = /small {{ }}
+    }}
+}}
+"""
+)
+HTTPS_NAME = "upstream.bench"  # the upstream certificate's name; both proxies check it
+
+
+def https_scenario(wrk: str, nginx: str, workdir: str, rounds: int, seconds: float) -> str:
+    """GET 100 B from an HTTPS upstream (nginx, `listen ... ssl`, a trustme certificate):
+    nginx with proxy_ssl (verify on, sessions reused, keep-alive) against corsproxy with
+    upstream_tls, both checking the certificate; the proxy CPU per request in the same run."""
+    import trustme
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert(HTTPS_NAME)
+    ca.cert_pem.write_to_path(f"{workdir}/https-ca.pem")
+    leaf.cert_chain_pems[0].write_to_path(f"{workdir}/https-upstream.pem")
+    leaf.private_key_pem.write_to_path(f"{workdir}/https-upstream-key.pem")
+    up, ngp = free_port(), free_port()
+    servers: dict[str, Server] = {}
+    try:
+        conf = HTTPS_UPSTREAM_CONF.format(dir=workdir, name="https-upstream", port=up)
+        servers["upstream"] = start_nginx(nginx, workdir, "https-upstream", conf, up)
+        proxy = PROXY_CONF.format(
+            dir=workdir,
+            name="https-proxy",
+            port=ngp,
+            up=up,
+            origin=ORIGIN,
+            preflight_vary=PREFLIGHT_VARY,
+        ).replace(
+            "proxy_pass http://up;",
+            f"proxy_pass https://up;\n"
+            f"            proxy_ssl_verify on;\n"
+            f"            proxy_ssl_trusted_certificate {workdir}/https-ca.pem;\n"
+            f"            proxy_ssl_name {HTTPS_NAME};\n"
+            f"            proxy_ssl_server_name on;\n"
+            f"            proxy_ssl_session_reuse on;",
+        )
+        servers["nginx"] = start_nginx(nginx, workdir, "https-proxy", proxy, ngp)
+        conf = CORSPROXY_CONF.replace("upstream: http://", "upstream: https://") + (
+            f"upstream_tls: {{{{ca: https-ca.pem, server_name: {HTTPS_NAME}}}}}\n"
+        )
+        servers["corsproxy"] = start_corsproxy(
+            workdir, "corsproxy-https", free_port(), up, 1, conf=conf
+        )
+        script = os.path.join(workdir, "https-get.lua")
+        with open(script, "w") as f:
+            f.write(LUA_GET)
+        targets = ("nginx", "corsproxy")
+        sc = Scenario("GET 100 B, https upstream", script, "/small", None, 32, targets)
+        for t in sc.targets:  # warm-up, and a check that both answer 200 over TLS
+            s = run_wrk(wrk, script, f"http://127.0.0.1:{servers[t].port}/small", 32, 1, servers[t])
+            assert s.errors == 0, (t, s)
+        for rnd in range(rounds):
+            order = list(sc.targets)[rnd % 2 :] + list(sc.targets)[: rnd % 2]
+            for t in order:
+                url = f"http://127.0.0.1:{servers[t].port}/small"
+                sc.results.setdefault(t, []).append(
+                    run_wrk(wrk, script, url, sc.conns, seconds, servers[t])
+                )
+    finally:
+        for server in reversed(list(servers.values())):
+            server.stop()
+    return table(sc)
 
 
 def main() -> int:
@@ -768,6 +912,11 @@ def main() -> int:
             print(table(sc))
             print()
         print(websocket_scenario(nginx, workdir, rounds, args.seconds))
+        print()
+        print(https_scenario(wrk, nginx, workdir, rounds, args.seconds))
+        print()
+        up = servers["upstream"].port
+        print(admin_page_scenario(wrk, workdir, up, rounds, args.seconds))
         print()
         print(f"total run time: {time.monotonic() - started:.0f} s")
         if args.json:

@@ -20,6 +20,9 @@ FIELDS = (
     "kind",
     "decision",
     "reason",
+    "request_method",
+    "request_headers",
+    "credentials",
     "upstream_status",
     "bytes",
     "bytes_received",
@@ -42,6 +45,9 @@ def record(
     upstream_status: int | None,
     size: int,
     received: int | None = None,
+    request_method: str | None = None,
+    request_headers: str | None = None,
+    credentials: bool | None = None,
 ) -> dict[str, Any]:
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z",
@@ -55,6 +61,12 @@ def record(
         "kind": kind,
         "decision": decision,
         "reason": reason,
+        # What a policy needs (corsproxy suggest): for a preflight, the method and the
+        # header names it asks for; for every CORS request, whether it carried a Cookie or
+        # Authorization header (never their values).
+        "request_method": request_method,
+        "request_headers": request_headers,
+        "credentials": credentials,
         "upstream_status": upstream_status,
         "bytes": size,
         "bytes_received": received,  # from the client: WebSocket sessions only
@@ -69,6 +81,8 @@ def format_line(entry: dict[str, Any], style: str) -> str:
     for name in FIELDS:
         value = entry[name]
         text = "-" if value is None or value == "" else str(value)
+        if isinstance(value, bool):
+            text = "true" if value else "false"
         parts.append(f"{name}={json.dumps(text) if ' ' in text or '=' in text else text}")
     return " ".join(parts)
 

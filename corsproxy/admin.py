@@ -1,4 +1,5 @@
-"""The admin listener (SPEC 6): /healthz, /readyz, /metrics, /config.
+"""The admin listener (SPEC 6): /healthz, /readyz, /metrics, /config, and the live page
+(``/`` with ``/admin.css`` and ``/admin.js``, its data at ``/state.json``; see live.py).
 
 Served by the proxy's own HTTP/1.1 listener: four fixed answers do not need a web framework,
 and a worker that never sees a WebSocket then never loads aiohttp (about 11 MiB per process).
@@ -6,10 +7,14 @@ and a worker that never sees a WebSocket then never loads aiohttp (about 11 MiB 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 from corsproxy.config import BUILTIN_CORS
@@ -30,15 +35,48 @@ class AdminView:
     ready: Callable[[], bool]
     metrics: Callable[[], bytes]
     config: Callable[[], dict[str, Any]]
+    state: Callable[[], dict[str, Any]] | None = None  # /state.json; None: no live page
+    sample: Callable[[], object] | None = None  # called once a second (live.LiveState.sample)
+
+
+# The live page: its own files only (no inline script or style), read-only, never framed.
+PAGE_HEADERS = [
+    b"Content-Security-Policy: default-src 'none'; script-src 'self'; style-src 'self'; "
+    b"connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; "
+    b"frame-ancestors 'none'\r\n",
+    b"X-Content-Type-Options: nosniff\r\n",
+    b"Referrer-Policy: no-referrer\r\n",
+    b"Cache-Control: no-store\r\n",
+]
+PAGE_FILES = {
+    "/": ("admin.html", "text/html; charset=utf-8"),
+    "/admin.css": ("admin.css", "text/css; charset=utf-8"),
+    "/admin.js": ("admin.js", "text/javascript; charset=utf-8"),
+}
+VIEWED = 90.0  # seconds the rates keep being sampled after the page was last read
+LIVE_PATHS = frozenset({"/state.json", *PAGE_FILES})
+PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/config", *LIVE_PATHS})
+
+
+@functools.cache
+def page_file(name: str) -> bytes:
+    """A file of the live page, shipped in the package (corsproxy/static)."""
+    return resources.files("corsproxy").joinpath("static", name).read_bytes()
 
 
 def admin_answer(view: AdminView, method: str, target: str) -> tuple[int, str, bytes]:
     """Status, content type and body for one admin request."""
     path = target.split("?", 1)[0]
-    if path not in ("/healthz", "/readyz", "/metrics", "/config"):
+    if path not in PATHS or (view.state is None and path in LIVE_PATHS):
         return 404, TEXT, b"404: Not Found\n"
     if method not in ("GET", "HEAD"):
         return 405, TEXT, b"405: Method Not Allowed\n"
+    if path in PAGE_FILES:
+        name, content_type = PAGE_FILES[path]
+        return 200, content_type, page_file(name)
+    if path == "/state.json":
+        assert view.state is not None
+        return 200, JSON, json.dumps(view.state(), separators=(",", ":")).encode()
     if path == "/healthz":
         return 200, TEXT, b"ok\n"
     if path == "/readyz":
@@ -105,6 +143,9 @@ class AdminServer:
     def __init__(self, view: AdminView) -> None:
         self.view = view
         self.listener = Listener(self.handle, _ignore, _ignore, IDLE)
+        self.port = 0
+        self.sampler: asyncio.Future[None] | None = None
+        self.viewed_at = 0.0  # when /state.json was last read (loop time)
 
     def handle(self, request: Exchange, conn: ClientConnection) -> None:
         if request.invalid is not None:  # refused by the listener (malformed, over a limit)
@@ -115,9 +156,36 @@ class AdminServer:
         lines = [f"Content-Type: {content_type}\r\n".encode()]
         if status == 405:
             lines.append(b"Allow: GET, HEAD\r\n")
+        elif status == 200 and request.target.split("?", 1)[0] in LIVE_PATHS:
+            lines += PAGE_HEADERS
+            if request.target.startswith("/state.json"):
+                self.viewed()
         conn.answer(request, status, lines, body)
 
+    def viewed(self) -> None:
+        """The page is open: sample the rates while it is read, and not otherwise."""
+        loop = asyncio.get_running_loop()
+        self.viewed_at = loop.time()
+        if self.sampler is None and self.view.sample is not None:
+            self.sampler = asyncio.ensure_future(self.sampling())
+
+    async def sampling(self) -> None:
+        """Once a second while someone reads /state.json (and VIEWED seconds after), for the
+        live page's per-second rates (a failure skips one): an admin listener nobody looks
+        at does no work."""
+        assert self.view.sample is not None
+        loop = asyncio.get_running_loop()
+        try:
+            while loop.time() - self.viewed_at < VIEWED:
+                with contextlib.suppress(Exception):
+                    self.view.sample()
+                await asyncio.sleep(1.0)
+        finally:
+            self.sampler = None
+
     async def cleanup(self) -> None:
+        if self.sampler is not None:
+            self.sampler.cancel()
         await self.listener.close(SHUTDOWN)
 
 
@@ -127,5 +195,5 @@ def _ignore(*_: object) -> None:
 
 async def start_admin(view: AdminView, host: str, port: int) -> AdminServer:
     server = AdminServer(view)
-    await server.listener.start(host, port, reuse_address=True)
+    server.port = await server.listener.start(host, port, reuse_address=True)
     return server

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from corsproxy.admin import AdminServer, AdminView, config_view, host_port, start_admin
 from corsproxy.listener import Listener
+from corsproxy.live import LiveState, snapshot
 from corsproxy.metrics import ReloadMetrics, RequestMetrics, exposition
 from corsproxy.policy import Settings
 from corsproxy.proxy import Proxy
@@ -103,9 +104,10 @@ class Running:
     def apply(self, settings: Settings) -> None:
         """Swap in reloaded rules and timeouts; requests in flight keep the old ones."""
         self.proxy.settings = settings
-        self.listener.idle = settings.timeouts.idle
+        self.listener.set_idle(settings.timeouts.idle)
         self.listener.send_timeout = settings.timeouts.send
         self.proxy.pool.idle = settings.timeouts.idle
+        self.proxy.pool.retire(settings)  # changed upstream_tls: pooled connections go
 
     async def stop(self) -> None:
         """Stop accepting, let requests in flight finish (timeouts.shutdown), close the pool."""
@@ -127,7 +129,6 @@ async def start(
     proxy = Proxy(settings, pool, metrics)
     timeouts = settings.timeouts
     listener = Listener(proxy.handle, proxy.finished, proxy.malformed, timeouts.idle, timeouts.send)
-    listener.sweepers.append(pool.sweep)
     listener.count = metrics.client_connections.inc  # +1/-1 per client connection
     try:
         port = await listener.start(
@@ -191,10 +192,13 @@ def plural(count: int) -> str:
 async def demo_admin(running: Running) -> tuple[AdminServer | None, str]:
     """``demo``: the admin listener of its config, or a line that says why there is none."""
     process = ReloadMetrics()  # nothing reloads in the demo: the build and process_* series
+    live = live_state(running, None)
     view = AdminView(
         ready=lambda: True,
         metrics=lambda: exposition(running.metrics.registry, process.registry),
         config=lambda: config_view(running.proxy.settings),
+        state=live.state,
+        sample=live.sample,
     )
     try:
         admin = await open_admin(running.proxy.settings, view)
@@ -203,7 +207,17 @@ async def demo_admin(running: Running) -> tuple[AdminServer | None, str]:
     url = admin_url(running.proxy.settings)
     if admin is None:
         return None, "admin listener: off (the config sets no admin address)"
-    return admin, f"admin listener: {url} (/healthz /readyz /metrics /config)"
+    return admin, f"admin listener: {url} (live page at /; /healthz /readyz /metrics /config)"
+
+
+def live_state(running: Running, reloader: Reloader | None) -> LiveState:
+    """The admin page's data for one process (live.py): its own metrics and LiveLog."""
+    return LiveState(
+        lambda: running.proxy.settings,
+        running.metrics.registry.collect,
+        lambda: [snapshot(running.proxy.live)],
+        reloader.history if reloader is not None else None,
+    )
 
 
 def stop_on_signals(*signals: signal.Signals) -> asyncio.Event:
@@ -219,10 +233,13 @@ async def serve(source: ConfigSource, settings: Settings, announce: str | None =
     running = await start(settings)
     reload_metrics = ReloadMetrics()
     reloader = Reloader(source, lambda: running.proxy.settings, running.apply, reload_metrics)
+    live = live_state(running, reloader)
     view = AdminView(
         ready=lambda: True,
         metrics=lambda: exposition(running.metrics.registry, reload_metrics.registry),
         config=lambda: config_view(running.proxy.settings),
+        state=live.state,
+        sample=live.sample,
     )
     try:
         admin = await open_admin(settings, view)

@@ -76,6 +76,18 @@ def build_parser() -> Parser:
         help="admin listener: /healthz /readyz /metrics /config (default: $CORSPROXY_ADMIN, "
         "else the file's admin, else none)",
     )
+    serve.add_argument(
+        "--upstream-ca",
+        metavar="FILE",
+        help="PEM file (or folder) of CAs to trust for https:// upstreams, added to the "
+        "system's (default: $CORSPROXY_UPSTREAM_CA); sets upstream_tls.ca",
+    )
+    serve.add_argument(
+        "--upstream-insecure",
+        action="store_true",
+        help="do not check https:// upstreams' certificates (a self-signed dev server); "
+        "warned about at start-up",
+    )
 
     check = commands.add_parser(
         "check",
@@ -98,6 +110,7 @@ def build_parser() -> Parser:
 
     add_explain_parser(commands)
     add_probe_parser(commands)
+    add_suggest_parser(commands)
 
     demo = commands.add_parser(
         "demo",
@@ -133,10 +146,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_explain(args)
         if args.command == "probe":
             return run_probe(args)
+        if args.command == "suggest":
+            return run_suggest(args)
         if args.command == "serve":
             return run_serve(args)
         return run_demo(args)
     except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:
+        # The reader went away (`corsproxy explain ... | head`): say nothing more, and keep
+        # Python from complaining again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
 
 
@@ -188,7 +208,20 @@ def serve_overrides(args: argparse.Namespace) -> Overrides:
         )
         origins = (listed, "$CORSPROXY_ALLOW_ORIGINS")
     listen = (args.listen, "--listen") if args.listen else None
-    return Overrides(upstream, origins, args.allow_credentials, listen)
+    ca = None
+    if getattr(args, "upstream_ca", None):
+        ca = (os.path.abspath(args.upstream_ca), "--upstream-ca")
+    elif os.environ.get("CORSPROXY_UPSTREAM_CA"):
+        ca = (os.path.abspath(os.environ["CORSPROXY_UPSTREAM_CA"]), "$CORSPROXY_UPSTREAM_CA")
+    insecure = "--upstream-insecure" if getattr(args, "upstream_insecure", False) else None
+    return Overrides(
+        upstream,
+        origins,
+        args.allow_credentials,
+        listen,
+        upstream_ca=ca,
+        upstream_insecure=insecure,
+    )
 
 
 def config_source(
@@ -556,13 +589,16 @@ SERVE_EPILOG = """\
 examples:
   corsproxy serve --upstream http://localhost:3000 --allow-origin http://localhost:5173
   corsproxy serve -c corsproxy.yaml
+  corsproxy serve --upstream https://localhost:3000 --upstream-ca rootCA.pem \\
+      --allow-origin https://localhost:5173
 
 environment variables (a flag wins over its variable):
   CORSPROXY_CONFIG         the config file, when -c is not given
   CORSPROXY_UPSTREAM       the default upstream URL, as --upstream
   CORSPROXY_ALLOW_ORIGINS  allowed origins, comma-separated, as --allow-origin
   CORSPROXY_ADMIN          the admin listener's HOST:PORT, as --admin
-  CORSPROXY_UPSTREAM_CA    a PEM file of CA certificates to trust for https:// upstreams
+  CORSPROXY_UPSTREAM_CA    a PEM file of CA certificates to trust for https:// upstreams,
+                           as --upstream-ca
 
 exit status:
   0  stopped cleanly (SIGTERM or Ctrl-C, after the requests in flight finished)
@@ -647,3 +683,145 @@ example:
 exit status:
   0  the schema was printed
   2  bad arguments"""
+
+
+# --- suggest --------------------------------------------------------------------------------
+
+
+def add_suggest_parser(commands: argparse._SubParsersAction[Parser]) -> None:
+    suggest = commands.add_parser(
+        "suggest",
+        help="turn access-log lines into the tightest rules that would have served them",
+        description=SUGGEST_DESCRIPTION,
+        epilog=SUGGEST_EPILOG,
+        formatter_class=HELP_FORMAT,
+    )
+    suggest.add_argument(
+        "-c", "--config", help="config file (default: $CORSPROXY_CONFIG, else ./corsproxy.yaml)"
+    )
+    suggest.add_argument(
+        "--from",
+        action="append",
+        default=[],
+        dest="logs",
+        metavar="LOG",
+        help="a JSON access-log file; repeat for more (default: stdin)",
+    )
+    suggest.add_argument(
+        "--min-count",
+        type=int,
+        default=1,
+        metavar="N",
+        help="suggest only what was seen at least N times; the rest is listed as comments "
+        "(default 1)",
+    )
+    suggest.add_argument(
+        "--since",
+        metavar="DURATION",
+        help="only lines from the last DURATION: 90s, 30m, 24h, 7d, 2w (default: all)",
+    )
+    suggest.add_argument(
+        "--diff", action="store_true", help="print a unified diff against the file instead"
+    )
+
+
+def run_suggest(args: argparse.Namespace) -> int:
+    import time
+
+    from corsproxy import suggest
+    from corsproxy.config import parse_settings
+
+    def fail(message: str) -> int:
+        print(f"corsproxy suggest: error: {message}", file=sys.stderr)
+        return EXIT_INVALID
+
+    if args.min_count < 1:
+        return fail(f"--min-count {args.min_count} must be 1 or more")
+    since = None
+    if args.since is not None:
+        try:
+            seconds = suggest.parse_duration(args.since)
+        except ValueError as exc:
+            return fail(f"--since {exc}")
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - seconds))
+    path, named = config_path(args.config)
+    if not named and not os.path.exists(path):
+        return fail(f"no config: {path} does not exist; pass -c FILE")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        settings, _ = parse_settings(text, path)
+    except OSError as exc:
+        return fail(f"cannot read {path}: {exc.strerror or exc}")
+    except UnicodeDecodeError:
+        return fail(f"{path}: not UTF-8 text")
+    except ConfigInvalid as exc:
+        print_diagnostics(exc.diagnostics)
+        return EXIT_INVALID
+    refs = [suggest.PolicyRef("defaults", ("default",))]
+    refs += [
+        suggest.PolicyRef(f"routes[{i}]", (route.name,))
+        for i, route in enumerate(settings.table.routes)
+        if route.policy is not None
+    ]
+    obs = suggest.Observations(since=since)
+    started = time.perf_counter()
+    try:
+        for log_path in args.logs or ["-"]:
+            if log_path == "-":
+                for line in sys.stdin:
+                    obs.add_line(line)
+                continue
+            with open(log_path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    obs.add_line(line)
+    except OSError as exc:
+        return fail(f"cannot read {exc.filename or log_path}: {exc.strerror or exc}")
+    plans = suggest.plan(obs, refs, args.min_count)
+    head = suggest.preamble(obs, plans, suggest.unknown_routes(obs, refs))
+    every = (*settings.table.routes, settings.table.fallback)
+    if any(r.policy is not None and r.policy.report_only for r in every):
+        head.append(
+            "# report_only: true is still set: these rules are only reported; remove it to "
+            "enforce them"
+        )
+    try:
+        out = suggest.render(text, plans, head)
+    except ValueError as exc:
+        return fail(f"{path}: {exc}")
+    try:
+        parse_settings(out, path)
+    except ConfigInvalid as exc:  # a bug: never print rules that check would refuse
+        print("corsproxy suggest: internal error: the suggestion fails check:", file=sys.stderr)
+        print_diagnostics(exc.diagnostics)
+        return 1
+    sys.stdout.write(suggest.diff(text, out, path) if args.diff else out)
+    print(
+        f"corsproxy suggest: {obs.lines} line(s), {obs.cors_requests} cross-origin "
+        f"request(s), {time.perf_counter() - started:.1f} s",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+SUGGEST_DESCRIPTION = """\
+Read JSON access-log lines (--from files, else stdin; a proxy run with report_only: true
+logs every decision and changes nothing) and print the config file with, for each route,
+the smallest allow_origins, allow_methods, allow_headers and allow_credentials that would
+have allowed every cross-origin request seen at least --min-count times, and nothing else.
+Each entry carries a comment with its count and when it was first and last seen; entries
+below --min-count, risky origins (null, http:// next to credentials, IP addresses,
+look-alikes of a suggested origin such as app.example.com.evil.io) and, where ten or more
+subdomains of one domain were seen, the *.domain wildcard, are comments, never rules. The
+rest of the file (keys and comments) is kept; the output passes check as printed.
+See docs/migrating.md."""
+
+SUGGEST_EPILOG = """\
+examples:
+  corsproxy suggest -c corsproxy.yaml --from access.log --min-count 5 > suggested.yaml
+  corsproxy serve -c corsproxy.yaml | tee access.log        # with report_only: true
+  kubectl logs deploy/corsproxy --since=24h | corsproxy suggest -c corsproxy.yaml --diff
+
+exit status:
+  0  the suggestion (or the diff) was printed
+  2  bad arguments, an invalid or missing config, or an unreadable log"""

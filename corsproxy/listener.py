@@ -296,6 +296,7 @@ class ClientConnection(asyncio.Protocol):
         self.stall = 0  # bytes fed since it last did
         self.write_paused = False
         self.send_timer: asyncio.TimerHandle | None = None
+        self.idle_timer: asyncio.TimerHandle | None = None
         self.unsent = 0  # bytes waiting for the client when the send timer was armed
         self.source: Any = None  # has pause_/resume_reading: paused when the client reads slowly
         self.upgrade_tail: bytes | None = None
@@ -314,11 +315,12 @@ class ClientConnection(asyncio.Protocol):
         self.peer = peer[0] if isinstance(peer, tuple) else ""
         self.last_seen = self.listener.loop.time()
         self.listener.connections.add(self)
+        self.arm_idle_timer()
         self.listener.count(1)  # metric hook: corsproxy_client_connections
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.listener.connections.discard(self)
+        self.listener.forget(self)
         self.listener.count(-1)  # metric hook: corsproxy_client_connections
         self.waiting.clear()
         self.stop_send_timer()
@@ -761,32 +763,49 @@ class ClientConnection(asyncio.Protocol):
         self.upgrade_tail, self.parser, self.transport = None, None, None
         self.closed = True
         self.stop_send_timer()
-        self.listener.connections.discard(self)
+        self.listener.forget(self)
         self.listener.count(-1)  # metric hook: the tunnel's own gauge counts it from here
         self.pauses.reasons.clear()
         self.pauses.transport = None
         return transport, tail
 
-    def sweep(self, now: float, idle: float) -> None:
-        """Close when nothing was received for ``idle`` seconds between requests, or when a
+    def arm_idle_timer(self) -> None:
+        """One timer per connection for ``timeouts.idle``, pushed back lazily when it fires
+        early (reads only move ``last_seen``): no sweep on a fixed tick."""
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        self.idle_timer = self.listener.loop.call_at(
+            self.last_seen + self.listener.idle, self.check_idle
+        )
+
+    def check_idle(self) -> None:
+        """Close when nothing was received for ``timeouts.idle`` between requests, or when a
         request head has been trickling in for that long (a slow client holds no slot);
-        fail an exchange whose request body stalled for that long."""
-        if self.transport is None or self.closing:
+        fail an exchange whose request body stalled for that long. While the proxy is
+        answering, or holds reading paused itself, other deadlines apply."""
+        self.idle_timer = None
+        if self.transport is None or self.closing or self.closed:
             return
-        if self.active is not None or self.waiting:
-            exchange = self.exchange
-            if (
-                exchange is not None
-                and exchange is self.active
-                and not self.in_head
-                and not self.pauses.reasons  # not waiting on the proxy's own pushback
-                and now - self.last_seen >= idle
-            ):
-                self.refuse(408, "request body stalled for timeouts.idle")
-            return
+        idle = self.listener.idle
+        now = self.listener.loop.time()
         began = self.head_began
-        if now - self.last_seen >= idle or (began is not None and now - began >= idle):
-            self.close("idle for timeouts.idle")
+        due = self.last_seen + idle
+        if self.active is None and not self.waiting:
+            if began is not None:
+                due = min(due, began + idle)
+            if now >= due:
+                self.close("idle for timeouts.idle")
+                return
+        elif (
+            self.exchange is not None
+            and self.exchange is self.active
+            and not self.in_head
+            and not self.pauses.reasons  # not waiting on the proxy's own pushback
+            and now >= due
+        ):
+            self.refuse(408, "request body stalled for timeouts.idle")
+            return
+        self.idle_timer = self.listener.loop.call_at(max(due, now + idle / 2), self.check_idle)
 
     # --- internals
 
@@ -841,7 +860,7 @@ class ClientConnection(asyncio.Protocol):
 
 
 class Listener:
-    """The protocol factory and the set of live connections, for idle sweeps and shutdown."""
+    """The protocol factory and the set of live connections, for reloads and shutdown."""
 
     def __init__(
         self,
@@ -860,8 +879,7 @@ class Listener:
         self.connections: set[ClientConnection] = set()
         self.closing = False
         self.server: asyncio.Server | None = None
-        self.sweeper: asyncio.Task[None] | None = None
-        self.sweepers: list[Callable[[], None]] = []  # run with each sweep (upstream pools)
+        self.drained: asyncio.Event | None = None  # set when the last connection goes
         self.count: Callable[[int], object] = lambda change: None  # metric hook (app.start)
 
     def __call__(self) -> ClientConnection:
@@ -869,18 +887,21 @@ class Listener:
 
     async def start(self, host: str, port: int, **kwargs: Any) -> int:
         self.server = await self.loop.create_server(self, host, port, backlog=1024, **kwargs)
-        self.sweeper = asyncio.ensure_future(self.sweep())
         return int(self.server.sockets[0].getsockname()[1])
 
-    async def sweep(self) -> None:
-        """Close connections idle for longer than ``idle`` (checked a few times a second)."""
-        while True:
-            await asyncio.sleep(min(1.0, max(0.05, self.idle / 4)))
-            now = self.loop.time()
-            for conn in list(self.connections):
-                conn.sweep(now, self.idle)
-            for sweep in self.sweepers:
-                sweep()
+    def forget(self, conn: ClientConnection) -> None:
+        self.connections.discard(conn)
+        if conn.idle_timer is not None:
+            conn.idle_timer.cancel()
+            conn.idle_timer = None
+        if not self.connections and self.drained is not None:
+            self.drained.set()
+
+    def set_idle(self, idle: float) -> None:
+        """A reload's timeouts.idle applies at once, to connections already open too."""
+        self.idle = idle
+        for conn in self.connections:
+            conn.arm_idle_timer()
 
     async def close(self, timeout: float) -> None:
         """Stop accepting, close idle connections, give requests in flight ``timeout``."""
@@ -890,13 +911,12 @@ class Listener:
         for conn in list(self.connections):
             if conn.active is None and not conn.waiting:
                 conn.close("server stopping")
-        deadline = self.loop.time() + timeout
-        while self.connections and self.loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        if self.connections:
+            self.drained = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.drained.wait(), timeout)
         for conn in list(self.connections):
             conn.close("server stopped", abort=True)
-        if self.sweeper is not None:
-            self.sweeper.cancel()
         if self.server is not None:
             # Python 3.12+ also waits here for connections given to a tunnel (open
             # WebSockets), which their own shutdown closes next: do not wait for those.

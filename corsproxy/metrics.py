@@ -45,7 +45,7 @@ class RequestMetrics:
         )
         self.upstream_errors = Counter(
             "corsproxy_upstream_errors",
-            "Upstream failures by route and reason (connect, timeout, protocol).",
+            "Upstream failures by route and reason (connect, tls, timeout, protocol).",
             ["route", "reason"],
             registry=self.registry,
         )

@@ -13,10 +13,10 @@ import base64
 import binascii
 import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from time import perf_counter
+from time import perf_counter, time
 
 from corsproxy import accesslog, origins, wire
 from corsproxy import headers as h
@@ -30,6 +30,7 @@ from corsproxy.cors import (
     expose_value_for,
 )
 from corsproxy.listener import CONTINUE, ClientConnection, Exchange, RawHeaders, date_line
+from corsproxy.live import REFUSED, LiveLog
 from corsproxy.metrics import RequestMetrics
 from corsproxy.origins import routing_host
 from corsproxy.paths import PathError, Target, parse_target
@@ -70,7 +71,7 @@ class Outcome:
     route: str
     decision: Decision
     upstream_status: int | None = None
-    upstream_error: str | None = None  # connect | timeout | protocol
+    upstream_error: str | None = None  # connect | tls | timeout | protocol
     received: int | None = None  # bytes from the client, for a WebSocket session
     note: str = ""  # why the proxy answered an error itself, for the log
     started: float = field(default_factory=perf_counter)
@@ -96,6 +97,7 @@ class Proxy:
         self.memo = Memo(settings)
         self.tunnels: set[Tunnel] = set()  # open WebSocket sessions
         self.fault_logged: dict[tuple[str, str, str], float] = {}  # upstream cause -> when
+        self.live = LiveLog()  # the admin page's recent refusals and upstream faults (live.py)
 
     def handle(self, request: Exchange, conn: ClientConnection) -> None:
         """Called once per request, in order, when its head has arrived."""
@@ -274,6 +276,7 @@ class Proxy:
         upstream and cause a minute (a dead upstream under load is one line, not thousands)."""
         if exc.stale:
             return  # a pooled connection the upstream had closed: retried or reported below
+        self.live.fault(upstream.url, route, exc.reason, exc.cause or exc.message)
         key = (upstream.url, exc.reason, exc.cause or exc.message)
         now = perf_counter()
         if now - self.fault_logged.get(key, -FAULT_LOG_INTERVAL) < FAULT_LOG_INTERVAL:
@@ -358,6 +361,8 @@ class Proxy:
                 request.sent,
                 request.header(b"origin"),
                 outcome.received,
+                request.keyed,
+                carries_credentials(request) if outcome.decision.kind is not Kind.NONE else None,
             )
 
     def record(
@@ -370,9 +375,13 @@ class Proxy:
         size: int,
         origin: str | None,
         received: int | None = None,
+        keyed: Sequence[bytes] = (),
+        credentials: bool | None = None,
     ) -> None:
         """Count a finished request and write its access-log line."""
         decision = outcome.decision
+        if decision.verdict in REFUSED:  # live page hook: one append to a bounded deque
+            self.live.refused((time(), outcome.route, decision, origin, method, path, keyed))
         seconds = perf_counter() - outcome.started
         self.metrics.observe(
             outcome.route,
@@ -385,6 +394,9 @@ class Proxy:
         style = self.settings.access_log
         if style == "off":
             return
+        asked_method, asked_headers = (
+            preflight_asked(keyed) if decision.kind is Kind.PREFLIGHT else (None, None)
+        )
         accesslog.write(
             accesslog.record(
                 client=client,
@@ -400,12 +412,34 @@ class Proxy:
                 upstream_status=outcome.upstream_status,
                 size=size,
                 received=received,
+                request_method=asked_method,
+                request_headers=asked_headers,
+                credentials=credentials,
             ),
             style,
         )
 
     def malformed(self, conn: ClientConnection, message: str) -> None:
         log.info("refused a request from %s: %s", conn.peer or "?", message)
+
+
+def carries_credentials(request: Exchange) -> bool:
+    """A Cookie or Authorization header was sent (the access log's ``credentials``)."""
+    return any(lname in (b"cookie", b"authorization") for lname, _, _ in request.headers)
+
+
+def preflight_asked(keyed: Sequence[bytes]) -> tuple[str | None, str | None]:
+    """The method and the header names (lowercase, comma-separated) a preflight asks for,
+    from the request's KEYED (name, value, name, value...) headers."""
+    method: str | None = None
+    names: list[str] = []
+    for i in range(0, len(keyed) - 1, 2):
+        name, value = keyed[i], keyed[i + 1].decode("latin-1")
+        if name == b"access-control-request-method" and method is None:
+            method = value.strip()
+        elif name == b"access-control-request-headers":
+            names += (n.lower() for n in h.split_list(value))
+    return method, ",".join(names)
 
 
 @dataclass(frozen=True, slots=True)

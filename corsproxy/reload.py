@@ -12,7 +12,9 @@ import dataclasses
 import hashlib
 import logging
 import os
-from collections.abc import Callable
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +29,7 @@ from corsproxy.config import (
 )
 from corsproxy.metrics import ReloadMetrics
 from corsproxy.policy import Settings
+from corsproxy.upstream_tls import tls_changes
 
 log = logging.getLogger("corsproxy")
 
@@ -115,6 +118,7 @@ def keep_listeners(old: Settings, new: Settings) -> tuple[Settings, list[str]]:
     return dataclasses.replace(new, effective=effective, **running), kept
 
 
+RELOADS_KEPT = 20  # reloads the admin page lists
 NAMES_SHOWN = 5  # a reload that touches many routes names the first few
 
 
@@ -167,6 +171,9 @@ def changes(old: Settings, new: Settings) -> list[str]:
     ]
     if timeouts:
         parts.append(f"timeouts: {', '.join(timeouts)}")
+    tls = tls_changes(old, new)  # settings or file contents: new connections, pool retired
+    if tls:
+        parts.append(f"upstream_tls changed for routes: {names(tls)}")
     return parts
 
 
@@ -211,6 +218,11 @@ class Reloader:
         self.metrics = metrics
         self.stamp = source.stamp()
         self.digest = source.digest()
+        self.history: deque[dict[str, Any]] = deque(maxlen=RELOADS_KEPT)  # the admin page's
+
+    def remember(self, why: str, result: str, lines: Sequence[str]) -> None:
+        """For the admin page (live.py): when, why, the result, the changes or the errors."""
+        self.history.append({"time": time.time(), "why": why, "result": result, "lines": lines})
 
     def reload(self, why: str) -> str:
         """Read the config again: ``success`` (applied), ``failure`` (refused) or
@@ -230,6 +242,7 @@ class Reloader:
             log.error("reload (%s) refused, the old rules stay:", why)
             for diagnostic in exc.diagnostics:
                 log.error("%s", diagnostic)
+            self.remember(why, "failure", [str(d) for d in exc.diagnostics])
             return "failure"
         for diagnostic in warnings:
             log.warning("%s", diagnostic)
@@ -252,11 +265,14 @@ class Reloader:
             )
         if kept:
             log.warning("reload: %s changed; that takes a restart", ", ".join(kept))
+        restart = [f"{', '.join(kept)} changed; that takes a restart"] if kept else []
+        self.remember(why, "success", [*said, *restart])
         return "success"
 
     def unchanged(self, why: str, detail: str) -> str:
         self.metrics.counted("unchanged")
         log.info("reload (%s): config unchanged%s", why, detail)
+        self.remember(why, "unchanged", [f"config unchanged{detail}"])
         return "unchanged"
 
     async def watch(self) -> None:

@@ -34,6 +34,7 @@ from corsproxy.app import (
     stop_on_signals,
     summary,
 )
+from corsproxy.live import LiveState, publish, read_snapshots
 from corsproxy.metrics import ReloadMetrics, RequestMetrics, exposition, multiprocess_registry
 from corsproxy.policy import Settings
 from corsproxy.reload import ConfigSource, Reloader
@@ -52,6 +53,7 @@ def supervise(source: ConfigSource, settings: Settings) -> int:
     rundir = Path(tempfile.mkdtemp(prefix="corsproxy-"))
     (rundir / "metrics").mkdir()
     (rundir / "ready").mkdir()
+    (rundir / "live").mkdir()  # each worker's LiveLog, for the admin page (live.py)
     # Read by prometheus_client when a worker imports it: set before any worker starts.
     os.environ[MULTIPROC_ENV] = str(rundir / "metrics")
     try:
@@ -120,6 +122,15 @@ class Supervisor:
                 return 0
             log.error("a worker failed to start; stopping")
             return EXIT_START_FAILED
+        # The admin page: the counts from the same files /metrics sums, the refusals and
+        # upstream faults from the file each worker writes (live.py).
+        live = LiveState(
+            lambda: self.settings,
+            lambda: multiprocess_registry(str(self.rundir / "metrics")).collect(),
+            lambda: read_snapshots(self.rundir / "live"),
+            reloader.history,
+            workers=count,
+        )
         view = AdminView(
             ready=self.ready,
             metrics=lambda: exposition(
@@ -127,6 +138,8 @@ class Supervisor:
                 self.reload_metrics.registry,
             ),
             config=lambda: config_view(self.settings),
+            state=live.state,
+            sample=live.sample,
         )
         try:
             admin = await open_admin(self.settings, view)
@@ -250,12 +263,14 @@ async def worker_serve(rundir: Path, supervisor: int) -> int:
                 log.exception("worker %s could not apply a reload", os.getpid())
 
     follower = asyncio.ensure_future(follow())
+    publisher = asyncio.ensure_future(publish(running.proxy.live, rundir / "live"))
     ready = rundir / "ready" / str(os.getpid())
     ready.touch()
     try:
         await stop.wait()
     finally:
         follower.cancel()
+        publisher.cancel()
         ready.unlink(missing_ok=True)
         await running.stop()
     return 0

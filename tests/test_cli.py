@@ -522,3 +522,22 @@ def test_malformed_requests_get_400_and_no_traceback(tmp_path: Path, request_byt
         assert reply.split(b"\r\n")[0].endswith(b"400 Bad Request")
         time.sleep(0.2)
     assert_no_traceback(proc.stdout(), proc.stderr())
+
+
+@pytest.mark.parametrize("command", [["schema"], ["--help"]], ids=["schema", "help"])
+def test_output_into_a_closed_pipe_is_not_a_traceback(command) -> None:
+    """`corsproxy schema | head -1`: the reader leaves early; no BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "corsproxy", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before it writes anything
+    with proc.stderr:
+        err = proc.stderr.read()
+    proc.wait(timeout=30)
+    assert b"Traceback" not in err, err.decode(errors="replace")

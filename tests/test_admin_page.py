@@ -1,0 +1,330 @@
+"""The admin listener's live page (issue 14): the bounded refusal buffer, grouping, the
+per-second rates, aggregation across workers (a real ``workers: 2`` proxy: /state.json
+totals equal /metrics), the page's headers and size, and the Grafana dashboard's PromQL
+against a real /metrics scrape."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+import urllib.request
+from pathlib import Path
+
+from procutil import accepts, free_port, running
+from prometheus_client.parser import text_string_to_metric_families
+
+from corsproxy.admin import PAGE_FILES, AdminView, admin_answer, page_file
+from corsproxy.config import parse_settings
+from corsproxy.cors import Action, Decision, Kind, Verdict
+from corsproxy.live import (
+    HISTORY,
+    LiveLog,
+    LiveState,
+    group_refusals,
+    read_snapshots,
+    snapshot,
+    write_snapshot,
+)
+from corsproxy.metrics import RequestMetrics
+
+REPO = Path(__file__).resolve().parent.parent
+DASHBOARD = REPO / "deploy" / "grafana" / "corsproxy-dashboard.json"
+SECRETS = ("cookie-secret-4711", "Bearer token-secret-0815")
+CONFIG = """\
+listen: 127.0.0.1:{port}
+admin: 127.0.0.1:{admin}
+upstream: http://127.0.0.1:{dead}
+workers: {workers}
+access_log: off
+defaults:
+  allow_origins: [https://app.example.com]
+routes:
+  - name: api
+    path: /api/**
+    cors:
+      allow_headers: [Content-Type]
+"""
+
+
+def rejected(reason: str = "origin 'https://evil.test' is not allowed") -> Decision:
+    return Decision(
+        Kind.PREFLIGHT,
+        Verdict.REJECTED,
+        Action.ANSWER,
+        reason=reason,
+        status=403,
+        origin="https://evil.test",
+    )
+
+
+KEYED = [
+    b"host",
+    b"api.example.com",
+    b"origin",
+    b"https://evil.test",
+    b"access-control-request-method",
+    b"PUT",
+    b"access-control-request-headers",
+    b"X-Trace-Id",
+]
+
+
+def test_refusal_buffer_is_bounded_and_keeps_the_newest() -> None:
+    log = LiveLog(size=100)
+    for i in range(250):
+        log.refusals.append((float(i), "api", rejected(), None, "OPTIONS", f"/p{i}?t=1", KEYED))
+    rows = snapshot(log)["refusals"]
+    assert len(rows) == 100
+    assert [r["time"] for r in rows] == [float(i) for i in range(150, 250)]
+    row = rows[-1]
+    assert row["request_method"] == "PUT" and row["request_headers"] == "X-Trace-Id"
+    assert row["path"] == "/p249"  # the query string is never kept
+    assert row["origin"] == "https://evil.test"
+
+
+def test_identical_refusals_are_grouped_with_a_count_newest_first() -> None:
+    log = LiveLog()
+    other = [*KEYED[:-1], b"X-Other"]
+    for i in range(5):
+        log.refusals.append((float(i), "api", rejected(), None, "OPTIONS", "/a", KEYED))
+    log.refusals.append((10.0, "api", rejected("header 'x-other'"), None, "OPTIONS", "/b", other))
+    groups = group_refusals([snapshot(log)])
+    assert [g["count"] for g in groups] == [1, 5]
+    assert groups[0]["request_headers"] == "X-Other"
+    assert groups[1]["first"] == 0.0 and groups[1]["time"] == 4.0
+
+
+def test_grouping_across_workers_keeps_the_newest_hundred(tmp_path: Path) -> None:
+    """Each worker's file holds its own newest 100; together, the newest 100 of all."""
+    for pid, start in ((101, 0), (202, 1000)):
+        rows = [
+            {
+                "time": float(start + i),
+                "route": "api",
+                "kind": "actual",
+                "verdict": "rejected",
+                "reason": f"origin {pid}",
+                "origin": f"https://w{pid}.test",
+                "method": "GET",
+                "request_method": None,
+                "request_headers": "",
+                "host": "",
+                "path": "/",
+            }
+            for i in range(100)
+        ]
+        (tmp_path / f"{pid}.json").write_text(json.dumps({"pid": pid, "refusals": rows}))
+    (tmp_path / ".303.json.new").write_text("{half a fi")  # a file mid-write is not read
+    snapshots = read_snapshots(tmp_path)
+    assert [s["pid"] for s in snapshots] == [101, 202]
+    groups = group_refusals(snapshots)
+    assert len(groups) == 1 and groups[0]["count"] == 100
+    assert groups[0]["origin"] == "https://w202.test"
+
+
+def test_write_snapshot_is_atomic_and_readable(tmp_path: Path) -> None:
+    log = LiveLog()
+    log.refusals.append((1.0, "api", rejected(), None, "OPTIONS", "/a", KEYED))
+    log.fault("http://up:1", "api", "connect", "connect: connection refused")
+    write_snapshot(log, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [f"{snapshot(log)['pid']}.json"]
+    (data,) = read_snapshots(tmp_path)
+    assert data["faults"]["http://up:1"][3] == "connect: connection refused"
+
+
+def settings_of(text: str):
+    settings, _ = parse_settings(text, "test.yaml")
+    return settings
+
+
+def test_state_rates_totals_and_fix() -> None:
+    settings = settings_of(CONFIG.format(port=0, admin=0, dead=1, workers=1))
+    metrics = RequestMetrics()
+    log = LiveLog()
+    state = LiveState(
+        lambda: settings, metrics.registry.collect, lambda: [snapshot(log)], reloads=None
+    )
+    state.sample()
+    for _ in range(3):
+        metrics.observe("api", "preflight", "rejected", None, 0.001)
+    metrics.respond("api", 502)
+    log.refusals.append((5.0, "api", rejected(), None, "OPTIONS", "/api/x", KEYED))
+    state.sample()
+    data = state.state()
+    assert data["totals"] == {"requests": 3, "refused": 3}
+    api = next(row for row in data["live"] if row["route"] == "api")
+    cell = api["decisions"]["rejected"]
+    assert cell["total"] == 3 and len(cell["series"]) == HISTORY and cell["series"][-1] > 0
+    assert [r["name"] for r in data["routes"]] == ["api", "default"]
+    (refusal,) = data["refusals"]
+    assert "host" not in refusal and "path" not in refusal  # kept for explain, never shown
+    assert refusal["fix"][0].startswith("add https://evil.test to defaults.allow_origins")
+    assert "add X-Trace-Id to routes[0].cors.allow_headers" in refusal["fix"]
+    (upstream,) = data["upstreams"]
+    assert upstream["502"] == 1 and upstream["routes"] == ["api", "default"]
+
+
+def test_page_headers_and_size() -> None:
+    view = AdminView(ready=lambda: True, metrics=lambda: b"", config=dict, state=dict)
+    status, content_type, body = admin_answer(view, "GET", "/")
+    assert status == 200 and content_type.startswith("text/html")
+    assert b'src="/admin.js"' in body and b"<script>" not in body  # no inline script
+    total = sum(len(page_file(name)) for name, _ in PAGE_FILES.values())
+    assert total < 60_000, total
+    js = page_file("admin.js").decode()
+    assert "innerHTML" not in js and "eval(" not in js
+    without = AdminView(ready=lambda: True, metrics=lambda: b"", config=dict)
+    assert admin_answer(without, "GET", "/state.json")[0] == 404
+
+
+def raw(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+    return out
+
+
+def get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read()
+
+
+def metric_sum(text: str, name: str) -> float:
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name
+    )
+
+
+PREFLIGHT = (
+    b"OPTIONS /api/x?token=qs-secret HTTP/1.1\r\nHost: api.example.com\r\n"
+    b"Origin: https://evil.test\r\nAccess-Control-Request-Method: PUT\r\n"
+    b"Access-Control-Request-Headers: X-Trace-Id\r\nCookie: session=cookie-secret-4711\r\n"
+    b"Authorization: Bearer token-secret-0815\r\nConnection: close\r\n\r\n"
+)
+ALLOWED = (
+    b"GET /api/x HTTP/1.1\r\nHost: api.example.com\r\nOrigin: https://app.example.com\r\n"
+    b"Cookie: session=cookie-secret-4711\r\nConnection: close\r\n\r\n"
+)
+
+
+async def wait_for(predicate, timeout: float = 15.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "not in time"
+        await asyncio.sleep(0.1)
+
+
+async def test_two_workers_one_view_totals_equal_metrics(tmp_path: Path) -> None:
+    port, admin, dead = free_port(), free_port(), free_port()
+    path = tmp_path / "corsproxy.yaml"
+    path.write_text(CONFIG.format(port=port, admin=admin, dead=dead, workers=2))
+    with running(["serve", "-c", str(path)], tmp_path / "out") as proc:
+        await wait_for(lambda: accepts(admin) and accepts(port))
+        for _ in range(20):  # fresh connections: both workers answer some
+            raw(port, PREFLIGHT)
+            raw(port, ALLOWED)
+        state_url = f"http://127.0.0.1:{admin}/state.json"
+
+        def grouped() -> bool:
+            refusals = json.loads(get(state_url))["refusals"]
+            return bool(refusals) and refusals[0]["count"] == 20
+
+        await wait_for(grouped)
+        text = get(f"http://127.0.0.1:{admin}/metrics").decode()
+        body = get(state_url).decode()
+        state = json.loads(body)
+        assert state["workers"] == 2
+        assert state["totals"]["requests"] == metric_sum(text, "corsproxy_requests_total") == 40
+        api = next(row for row in state["live"] if row["route"] == "api")
+        assert api["decisions"]["rejected"]["total"] == 20
+        (upstream,) = state["upstreams"]
+        assert upstream["502"] == 20 and "connection refused" in upstream["last_cause"]
+        for secret in (*SECRETS, "qs-secret", "api.example.com"):
+            assert secret not in body
+        assert "Traceback" not in proc.stderr()
+
+
+# --- the Grafana dashboard --------------------------------------------------------
+
+PROMQL_WORDS = {
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "count",
+    "by",
+    "without",
+    "rate",
+    "increase",
+    "irate",
+    "histogram_quantile",
+    "and",
+    "or",
+    "unless",
+    "on",
+    "ignoring",
+}
+SCRAPE_LABELS = {"job", "instance"}  # added by Prometheus to every scraped series
+
+
+def expressions(node) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["expr"]] if isinstance(node.get("expr"), str) else []
+        for value in node.values():
+            found += expressions(value)
+        return found
+    if isinstance(node, list):
+        return [e for item in node for e in expressions(item)]
+    return []
+
+
+def names_and_labels(expr: str) -> tuple[set[str], set[str]]:
+    labels: set[str] = set()
+    for body in re.findall(r"\{([^}]*)\}", expr):
+        labels |= set(re.findall(r"([a-zA-Z_]\w*)\s*(?:=~|!~|!=|=)", body))
+    for body in re.findall(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)", expr):
+        labels |= {label.strip() for label in body.split(",") if label.strip()}
+    bare = re.sub(r"\{[^}]*\}|\[[^\]]*\]|\"[^\"]*\"", " ", expr)
+    bare = re.sub(r"\b(?:by|without|on|ignoring)\s*\([^)]*\)", " ", bare)
+    words = set(re.findall(r"\b[a-zA-Z_][a-zA-Z0-9_:]*\b", bare))
+    return words - PROMQL_WORDS, labels
+
+
+async def test_grafana_dashboard_names_only_what_metrics_exposes(tmp_path: Path) -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = expressions(dashboard["panels"])
+    assert len(exprs) >= 10
+    port, admin, dead = free_port(), free_port(), free_port()
+    path = tmp_path / "corsproxy.yaml"
+    path.write_text(CONFIG.format(port=port, admin=admin, dead=dead, workers=1))
+    with running(["serve", "-c", str(path)], tmp_path / "out"):
+        await wait_for(lambda: accepts(admin) and accepts(port))
+        raw(port, PREFLIGHT)
+        raw(port, ALLOWED)  # a 502 and an upstream error: every labelled series exists
+        text = get(f"http://127.0.0.1:{admin}/metrics").decode()
+    exposed: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            exposed.setdefault(sample.name, set()).update(sample.labels)
+    every_label = set().union(*exposed.values()) | SCRAPE_LABELS
+    for expr in exprs:
+        metrics, labels = names_and_labels(expr)
+        assert metrics, expr
+        unknown = {m for m in metrics if m not in exposed}
+        assert not unknown, f"{expr}: {unknown} not in /metrics"
+        assert labels <= every_label, f"{expr}: labels {labels - every_label}"
+        for metric in metrics:  # a label named next to a metric belongs to it
+            for body in re.findall(re.escape(metric) + r"\{([^}]*)\}", expr):
+                used = set(re.findall(r"([a-zA-Z_]\w*)\s*(?:=~|!~|!=|=)", body))
+                assert used <= exposed[metric] | SCRAPE_LABELS, (expr, used)
+    titles = " ".join(p["title"].lower() for p in dashboard["panels"])
+    for topic in ("decision", "refused", "5xx", "p99", "in flight", "reload", "memory"):
+        assert topic in titles, topic

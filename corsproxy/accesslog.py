@@ -1,4 +1,4 @@
-"""One access-log line per request (SPEC 6): JSON lines or text, on stdout."""
+"""One access-log line per request (docs/operations.md): JSON lines or text, on stdout."""
 
 from __future__ import annotations
 

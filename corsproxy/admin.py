@@ -1,4 +1,4 @@
-"""The admin listener (SPEC 6): /healthz, /readyz, /metrics, /config, and the live page
+"""The admin listener (docs/operations.md): /healthz, /readyz, /metrics, /config, and the live page
 (``/`` with ``/admin.css`` and ``/admin.js``, its data at ``/state.json``; see live.py).
 
 Served by the proxy's own HTTP/1.1 listener: four fixed answers do not need a web framework,

@@ -1,4 +1,4 @@
-"""Command line: the only reader of argv and the environment (SPEC 2)."""
+"""Command line: the only reader of argv and the environment (README.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""YAML -> validated, compiled ``Settings`` (SPEC 3).
+"""YAML -> validated, compiled ``Settings`` (docs/configuration.md).
 
 Validation collects every problem before giving up, and each one names the file, the
 line and the key path (``routes[1].cors.allow_origins[0]``). Line numbers come from the
@@ -832,7 +832,8 @@ def apply_overrides(root: Node, overrides: Overrides) -> None:
 
 
 def flags_tree(overrides: Overrides) -> Node:
-    """The no-file mode (SPEC 3.3): one permissive catch-all route, the origin is the gate."""
+    """The no-file mode: one permissive catch-all route, the origin is the gate
+    (docs/configuration.md, "Running without a file")."""
     where = "--upstream"
     root = from_plain(
         {

@@ -1,4 +1,5 @@
-"""The decision engine: the facts of one request in, a ``Decision`` out (SPEC 4). Pure.
+"""The decision engine: the facts of one request in, a ``Decision`` out. Pure.
+docs/configuration.md, "What happens to a request", says the same in prose.
 
 Read it next to SPEC section 4: ``decide`` is the ladder of early returns (several
 Origins -> not CORS -> WebSocket -> preflight -> actual), and each rung is one function.
@@ -82,7 +83,8 @@ PASSTHROUGH = Decision(Kind.NONE, Verdict.PASSTHROUGH, Action.FORWARD, strip=Fal
 
 
 def decide(policy: Policy, facts: RequestFacts) -> Decision:
-    """Classify a request and decide what happens to it (SPEC 4, steps 1-4)."""
+    """Classify a request and decide what happens to it (docs/configuration.md, "What
+    happens to a request")."""
     if len(facts.origins) > 1:
         return Decision(
             Kind.NONE,
@@ -107,7 +109,8 @@ def decide(policy: Policy, facts: RequestFacts) -> Decision:
 
 
 def decide_preflight(policy: Policy, facts: RequestFacts, origin: str) -> Decision:
-    """SPEC 4.2: answered here, never forwarded; every failing check is named at once."""
+    """Preflights are answered here, never forwarded; every failing check is named at
+    once (docs/configuration.md, "Preflights")."""
     failures: list[str] = []
     if not policy.origins.matches(origin):
         failures.append(f"origin {origin!r} is not allowed")
@@ -152,7 +155,8 @@ def decide_preflight(policy: Policy, facts: RequestFacts, origin: str) -> Decisi
 
 
 def decide_actual(policy: Policy, method: str, origin: str, vary: tuple[str, ...]) -> Decision:
-    """SPEC 4.3: an allowed request is forwarded and its response gets CORS headers."""
+    """An allowed actual request is forwarded and its response gets CORS headers
+    (docs/configuration.md, "Actual requests")."""
     if not policy.origins.matches(origin):
         reason = f"origin {origin!r} is not allowed"
     elif not method_allowed(policy, method):
@@ -175,7 +179,7 @@ def decide_actual(policy: Policy, method: str, origin: str, vary: tuple[str, ...
 
 
 def decide_websocket(policy: Policy, origin: str, vary: tuple[str, ...]) -> Decision:
-    """SPEC 4.4: browsers apply no CORS to WebSockets, so a foreign origin is refused here
+    """Browsers apply no CORS to WebSockets, so a foreign origin is refused here
     whatever ``on_disallowed`` says (cross-site WebSocket hijacking)."""
     if policy.origins.matches(origin):
         return Decision(Kind.WEBSOCKET, Verdict.ALLOWED, Action.FORWARD, vary=vary, origin=origin)
@@ -238,7 +242,7 @@ _NOT_EXPOSED = h.HOP_BY_HOP | {h.SET_COOKIE, "set-cookie2"}
 
 def expose_value_for(response_names: Iterable[str]) -> str | None:
     """``expose_headers: ["*"]`` with credentials: browsers read ``*`` literally there, so
-    the upstream response's own header names are listed instead (SPEC 3.4)."""
+    the upstream response's own header names are listed instead (configuration.md)."""
     seen: dict[str, str] = {}
     for name in response_names:
         lower = name.lower()

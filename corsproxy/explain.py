@@ -37,7 +37,8 @@ from corsproxy.policy import Policy, Route, Settings
 
 Headers = tuple[tuple[str, str], ...]
 
-# The policy keys, in the order a person reads them, with their built-in values (SPEC 3.3),
+# The policy keys, in the order a person reads them, with their built-in values
+# (docs/configuration.md, "How defaults merge"),
 # as the effective config shows them (lists).
 BUILTIN = {k: list(v) if isinstance(v, tuple) else v for k, v in BUILTIN_CORS.items()}
 SAFELISTED_RESPONSE_NAMES = (

@@ -1,4 +1,4 @@
-"""Prometheus metrics (SPEC 6), through the official client library.
+"""Prometheus metrics (docs/operations.md), through the official client library.
 
 With several workers, each worker process writes its samples to files in a shared folder
 (the library's multiprocess mode) and the supervisor sums them when ``/metrics`` is read.

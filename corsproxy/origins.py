@@ -76,7 +76,7 @@ def split_authority(authority: str) -> tuple[str, str | None] | None:
 
 
 def addressed_origin(scheme: str, host: str) -> str:
-    """The origin a request was addressed to (SPEC 4.1): ``scheme://host[:port]`` with the
+    """The origin a request was addressed to: ``scheme://host[:port]`` with the
     host lowercased and the scheme's default port dropped. The proxy and ``explain`` both
     tell same-origin requests by it, so they cannot disagree."""
     host = host.lower()

@@ -1,4 +1,4 @@
-"""Request-target normalisation and route path patterns (SPEC 3.1). Pure.
+"""Request-target normalisation and route path patterns (docs/configuration.md, "Paths"). Pure.
 
 The path is normalised once, routes are matched on the result, and the upstream receives
 that same result: the path the rules judged is the path the upstream serves.
@@ -35,7 +35,7 @@ def parse_target(raw: str) -> Target:
     """Normalise a raw request target (origin-form or absolute-form).
 
     The authority of an absolute-form target is dropped: where the proxy connects is
-    decided by the config alone (SPEC 5, never an open proxy).
+    decided by the config alone (never an open proxy: docs/configuration.md, "Forwarding").
     """
     if not raw.startswith("/"):
         scheme, sep, rest = raw.partition("://")

@@ -1,4 +1,4 @@
-"""``corsproxy probe``: the browser model (``browser``) against a live server (SPEC 2).
+"""``corsproxy probe``: the browser model (``browser``) against a live server (README.md).
 
 Sends what a browser would send for a page's fetch(): the CORS-preflight request when the
 browser would send one (exactly ``Plan.preflight_headers()``, never credentials), then, if

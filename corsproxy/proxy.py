@@ -1,4 +1,5 @@
-"""The HTTP layer: reads a request, asks the engine, answers or forwards (SPEC 4, 5).
+"""The HTTP layer: reads a request, asks the engine, answers or forwards (docs/configuration.md,
+"What happens to a request" and "Forwarding").
 
 All I/O lives here and in the two connection modules under it (``listener`` for clients,
 ``upstream`` for upstreams). The CORS decision is made before anything is forwarded and
@@ -121,7 +122,7 @@ class Proxy:
         decision = prepared.decision
         outcome = request.outcome = Outcome(route.name, decision, started=request.started)
         if target is None:
-            # Refused whatever the policy says, preflights included (SPEC 3.1); the
+            # Refused whatever the policy says, preflights included (configuration.md); the
             # decision only tells whether an allowed page may read the 400.
             outcome.note = f"bad request path: {path_error}"
             return self.error(conn, request, BAD_REQUEST, outcome.note)
@@ -528,7 +529,7 @@ def request_facts(request: Exchange, settings: Settings, websocket: bool) -> Req
 
 
 def addressed_origin(request: Exchange, settings: Settings) -> str:
-    """``scheme://host[:port]`` the client addressed, to tell same-origin requests (SPEC 4.1)."""
+    """``scheme://host[:port]`` the client addressed, to tell same-origin requests."""
     scheme = "https" if settings.tls is not None else "http"
     host = request.header(b"host") or ""
     if settings.trust_forwarded:
@@ -564,7 +565,8 @@ def valid_handshake(request: Exchange) -> bool:
 def forwarded_headers(
     request: Exchange, peer: str, upstream: Upstream, settings: Settings
 ) -> list[tuple[bytes, bytes]]:
-    """The client's headers minus hop-by-hop ones, with Host and X-Forwarded-* set (SPEC 5)."""
+    """The client's headers minus hop-by-hop ones, with Host and X-Forwarded-* set
+    (docs/configuration.md, "Forwarding")."""
     fields = request.fields
     trust = settings.trust_forwarded
     keep_proto = trust and b"x-forwarded-proto" in fields
@@ -685,7 +687,7 @@ def answer_parts(decision: Decision) -> tuple[list[tuple[str, str]], bytes]:
 
 def error_parts(message: str, decision: Decision) -> tuple[list[tuple[str, str]], bytes]:
     """400/404/502/504 made by the proxy. An allowed cross-origin page gets the same CORS
-    headers a forwarded response would carry, so it can read the error (SPEC 4)."""
+    headers a forwarded response would carry, so it can read the error (configuration.md)."""
     pairs = (
         decision_pairs(decision)
         if decision.cors_allowed

@@ -1,4 +1,4 @@
-"""Hot reload (SPEC 6): read the file again on SIGHUP or when it changes on disk.
+"""Hot reload (docs/operations.md): read the file again on SIGHUP or when it changes on disk.
 
 A valid file replaces the rules atomically: the handler reads ``Proxy.settings`` once per
 request, so requests in flight finish under the rules they started with. An invalid file is

@@ -103,7 +103,7 @@ class Observations:
             return
         method = entry.get("request_method") if kind == "preflight" else entry.get("method")
         if kind == "websocket" or not isinstance(method, str):
-            method = ""  # a handshake is checked on its origin only (SPEC 4.4)
+            method = ""  # a handshake is checked on its origin only (configuration.md)
         elif method not in _known:
             method = remember(method, method if h.is_token(method) else "")
         else:

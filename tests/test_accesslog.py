@@ -1,4 +1,4 @@
-"""The access log (SPEC 6): one line per request with the CORS decision and its reason."""
+"""The access log (docs/operations.md): one line per request with the decision and reason."""
 
 from __future__ import annotations
 

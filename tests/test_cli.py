@@ -1,4 +1,5 @@
-"""The command line as users run it (SPEC 2, 3.3, 3.5): real `python -m corsproxy` processes."""
+"""The command line as users run it (README.md, docs/configuration.md): real
+`python -m corsproxy` processes."""
 
 from __future__ import annotations
 
@@ -253,7 +254,7 @@ async def assert_permissive_gate(
     allowed: list[str],
     credentials: bool = False,
 ) -> None:
-    """SPEC 3.3: the origin is the gate; methods and headers are reflected; Max-Age 600."""
+    """No-file mode: the origin is the gate; methods and headers reflected; Max-Age 600."""
     for origin in allowed:
         status, head = await preflight(
             session, base + "/any/path", origin, "PATCH", "X-Custom-Thing, Authorization"
@@ -349,7 +350,7 @@ async def test_flags_override_the_file(upstream, client, tmp_path: Path) -> None
 
 
 def test_serve_file_from_variable_then_working_directory(tmp_path: Path) -> None:
-    """-c, else $CORSPROXY_CONFIG, else ./corsproxy.yaml (SPEC 2)."""
+    """-c, else $CORSPROXY_CONFIG, else ./corsproxy.yaml."""
     here_port, env_port = free_port(), free_port()
     (tmp_path / "corsproxy.yaml").write_text(
         f"listen: 127.0.0.1:{here_port}\nupstream: http://127.0.0.1:9\n"

@@ -1,4 +1,5 @@
-"""Config validation and compilation (SPEC 3): errors by key path and line, merging, defaults."""
+"""Config validation and compilation (docs/configuration.md): errors by key path and line,
+merging, defaults."""
 
 from __future__ import annotations
 

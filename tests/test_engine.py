@@ -1,4 +1,5 @@
-"""The decision engine (SPEC 4), as tables of request facts -> decision and headers."""
+"""The decision engine, as tables of request facts -> decision and headers
+(docs/configuration.md, "What happens to a request")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`corsproxy explain` (SPEC 2): the browser model against the proxy's own decision engine.
+"""`corsproxy explain`: the browser model against the proxy's own decision engine.
 
 Table-driven through the command line (``cli.main`` in-process, one real subprocess), for
 the verdicts and exit codes 0/1/2/3, the trace, the suggested fixes and the --json shape.

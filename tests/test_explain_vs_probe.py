@@ -190,7 +190,7 @@ async def test_lowercase_method_is_refused_by_the_listener_and_explain_says_so(
     make_proxy: ProxyFactory, upstream: Upstream
 ) -> None:
     """aiohttp's HTTP parser answers 400 to `patch` (browsers send it as written) before the
-    proxy runs, whatever the rules say (SPEC 3.4 makes methods case-sensitive). `explain`
+    proxy runs, whatever the rules say (method names are case-sensitive). `explain`
     models that, so the two agree; the fix it gives is to send `PATCH`."""
     text = CONFIGS["star-restricted"]
     running = await make_proxy(text, upstream=upstream.url)

@@ -1,4 +1,4 @@
-"""SPEC 3.1 and 5 over real HTTP: what the upstream receives and what the client gets back.
+"""Paths and forwarding over real HTTP: what the upstream receives and what the client gets back.
 
 Requests whose exact bytes matter go through raw sockets (an HTTP client would normalise
 them first). Every table row names the rule it checks.

@@ -1,4 +1,4 @@
-"""SPEC 4 over real HTTP: the real proxy in front of a real recording upstream.
+"""What happens to a request, over real HTTP: the real proxy in front of a recording upstream.
 
 Every table row names the rule it checks. ``assert_cors`` compares the WHOLE set of
 Access-Control-* headers plus Vary, so a header the rule does not call for fails the test.

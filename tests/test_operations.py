@@ -1,4 +1,4 @@
-"""Operations (SPEC 6) with real processes and real signals on 127.0.0.1: hot reload under
+"""Operations (docs/operations.md) with real processes and signals on 127.0.0.1: hot reload under
 load, refused reloads, SIGHUP with nothing changed, exact metric values, the admin listener,
 and what a reload may and may not change."""
 

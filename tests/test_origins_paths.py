@@ -1,4 +1,4 @@
-"""Origin parsing and matching (SPEC 3.2) and path normalisation and patterns (SPEC 3.1)."""
+"""Origin parsing and matching, and path normalisation and patterns (docs/configuration.md)."""
 
 from __future__ import annotations
 
@@ -228,7 +228,7 @@ def test_routing_host(host: str, expected: str) -> None:
     assert routing_host(host) == expected
 
 
-# --- the route table's index keeps first-match-wins (SPEC 3.1) ------------------------------
+# --- the route table's index keeps first-match-wins ----------------------------------------
 
 INDEXED_ROUTES = """\
 upstream: http://127.0.0.1:9

@@ -1,4 +1,4 @@
-"""`corsproxy probe` against a server that is NOT corsproxy (SPEC 2; issue 4).
+"""`corsproxy probe` against a server that is NOT corsproxy (issue 4).
 
 A plain aiohttp app on 127.0.0.1 answers the preflight and the actual request with headers
 set by hand from a table; each row carries the verdict the Fetch Standard gives, the check
@@ -742,7 +742,7 @@ async def test_cli_bad_url_closed_port_and_timeout_exit_2(silent_port: int) -> N
 
 
 def test_bare_header_name_is_sent_with_an_empty_value() -> None:
-    """SPEC 2 writes `--header NAME`: a bare name is a header with an empty value."""
+    """`--header NAME` with a bare name is a header with an empty value."""
     from corsproxy.cli import browser_request as build_request
 
     request = build_request(ORIGIN, "GET", ["X-Bare", "X-Set: 1"], False)

@@ -1,4 +1,4 @@
-"""Bodies stream through the proxy (SPEC 5) and `timeouts.read` bounds each wait (SPEC 4).
+"""Bodies stream through the proxy and `timeouts.read` bounds each wait (configuration.md).
 
 The 1 GiB tests run the proxy as a separate process so its resident memory can be
 watched while the transfer runs.

@@ -1,4 +1,4 @@
-"""`workers: N` and `tls` (SPEC 6, 3, 4.1), with real `python -m corsproxy` processes, real
+"""`workers: N` and `tls`, with real `python -m corsproxy` processes, real
 signals and real sockets on 127.0.0.1."""
 
 from __future__ import annotations

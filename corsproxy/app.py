@@ -191,15 +191,8 @@ def plural(count: int) -> str:
 
 async def demo_admin(running: Running) -> tuple[AdminServer | None, str]:
     """``demo``: the admin listener of its config, or a line that says why there is none."""
-    process = ReloadMetrics()  # nothing reloads in the demo: the build and process_* series
-    live = live_state(running, None)
-    view = AdminView(
-        ready=lambda: True,
-        metrics=lambda: exposition(running.metrics.registry, process.registry),
-        config=lambda: config_view(running.proxy.settings),
-        state=live.state,
-        sample=live.sample,
-    )
+    # Nothing reloads in the demo; its ReloadMetrics still give the build and process_* series.
+    view = admin_view(running, ReloadMetrics(), None)
     try:
         admin = await open_admin(running.proxy.settings, view)
     except ListenError as exc:
@@ -210,13 +203,23 @@ async def demo_admin(running: Running) -> tuple[AdminServer | None, str]:
     return admin, f"admin listener: {url} (live page at /; /healthz /readyz /metrics /config)"
 
 
-def live_state(running: Running, reloader: Reloader | None) -> LiveState:
-    """The admin page's data for one process (live.py): its own metrics and LiveLog."""
-    return LiveState(
+def admin_view(
+    running: Running, reload_metrics: ReloadMetrics, reloader: Reloader | None
+) -> AdminView:
+    """What one process's admin listener serves: its metrics, its effective config, and the
+    live page's data from its own metrics and LiveLog (live.py)."""
+    live = LiveState(
         lambda: running.proxy.settings,
         running.metrics.registry.collect,
         lambda: [snapshot(running.proxy.live)],
         reloader.history if reloader is not None else None,
+    )
+    return AdminView(
+        ready=lambda: True,
+        metrics=lambda: exposition(running.metrics.registry, reload_metrics.registry),
+        config=lambda: config_view(running.proxy.settings),
+        state=live.state,
+        sample=live.sample,
     )
 
 
@@ -233,14 +236,7 @@ async def serve(source: ConfigSource, settings: Settings, announce: str | None =
     running = await start(settings)
     reload_metrics = ReloadMetrics()
     reloader = Reloader(source, lambda: running.proxy.settings, running.apply, reload_metrics)
-    live = live_state(running, reloader)
-    view = AdminView(
-        ready=lambda: True,
-        metrics=lambda: exposition(running.metrics.registry, reload_metrics.registry),
-        config=lambda: config_view(running.proxy.settings),
-        state=live.state,
-        sample=live.sample,
-    )
+    view = admin_view(running, reload_metrics, reloader)
     try:
         admin = await open_admin(settings, view)
     except BaseException:

@@ -3,7 +3,7 @@
 
     python benchmarks/engine.py [--seconds 0.3]
 
-Builds, through ``corsproxy.config.parse_settings`` (the same path as a config file), a
+Builds, through ``corsproxy.config.load.parse_settings`` (the same path as a config file), a
 policy with 10 and with 10,000 exact origins and a table of 1,000 routes, then times
 ``cors.decide`` on ``RequestFacts`` for a preflight and for an actual request (the allowed
 origin is the *last* one listed, the worst case for a list scan) and ``RouteTable.match`` for
@@ -20,8 +20,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from corsproxy.config import parse_settings
-from corsproxy.cors import RequestFacts, decide
+from corsproxy.config.load import parse_settings
+from corsproxy.engine.cors import RequestFacts, decide
 
 ROUTES = 1000
 ADDRESSED = "http://127.0.0.1:8080"

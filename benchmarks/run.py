@@ -695,7 +695,7 @@ def websocket_scenario(nginx: str, workdir: str, rounds: int, seconds: float) ->
     up = free_port()
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     echo = subprocess.Popen(
-        [sys.executable, "-m", "corsproxy.echo", "--listen", f"127.0.0.1:{up}"],
+        [sys.executable, "-m", "corsproxy.tools.echo", "--listen", f"127.0.0.1:{up}"],
         cwd=workdir,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from corsproxy.app import Running, start
-from corsproxy.config import parse_settings
+from corsproxy.config.load import parse_settings
+from corsproxy.runtime.app import Running, start
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 

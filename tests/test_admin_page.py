@@ -15,10 +15,9 @@ from pathlib import Path
 from procutil import accepts, free_port, running
 from prometheus_client.parser import text_string_to_metric_families
 
-from corsproxy.admin import PAGE_FILES, AdminView, admin_answer, page_file
-from corsproxy.config import parse_settings
-from corsproxy.cors import Action, Decision, Kind, Verdict
-from corsproxy.live import (
+from corsproxy.config.load import parse_settings
+from corsproxy.engine.cors import Action, Decision, Kind, Verdict
+from corsproxy.observe.live import (
     HISTORY,
     LiveLog,
     LiveState,
@@ -27,7 +26,8 @@ from corsproxy.live import (
     snapshot,
     write_snapshot,
 )
-from corsproxy.metrics import RequestMetrics
+from corsproxy.observe.metrics import RequestMetrics
+from corsproxy.runtime.admin import PAGE_FILES, AdminView, admin_answer, page_file
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD = REPO / "deploy" / "grafana" / "corsproxy-dashboard.json"

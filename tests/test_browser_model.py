@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from corsproxy import browser
-from corsproxy.browser import Request
+from corsproxy.engine import browser
+from corsproxy.engine.browser import Request
 
 ORIGIN = "https://app.test"
 P = pytest.param

@@ -33,9 +33,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from corsproxy.app import Running, start
-from corsproxy.config import parse_settings
-from corsproxy.paths import PathError, parse_target
+from corsproxy.config.load import parse_settings
+from corsproxy.engine.paths import PathError, parse_target
+from corsproxy.runtime.app import Running, start
 
 KiB = 1 << 10
 MiB = 1 << 20

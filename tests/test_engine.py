@@ -7,9 +7,9 @@ import textwrap
 
 import pytest
 
-from corsproxy.config import parse_settings
-from corsproxy.cors import Action, Kind, RequestFacts, Verdict, decide, expose_value_for
-from corsproxy.policy import Policy
+from corsproxy.config.load import parse_settings
+from corsproxy.engine.cors import Action, Kind, RequestFacts, Verdict, decide, expose_value_for
+from corsproxy.engine.policy import Policy
 
 SITE = "http://proxy.test"  # the origin the requests are addressed to
 APP = "https://app.example.com"

@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 from procutil import REPO, clean_env, run
 
-from corsproxy import browser, cli
-from corsproxy.config import parse_settings
-from corsproxy.explain import Explanation, explain, format_text, to_json
-from corsproxy.policy import TLS
+from corsproxy.config.load import parse_settings
+from corsproxy.engine import browser
+from corsproxy.engine.explain import Explanation, explain, format_text, to_json
+from corsproxy.engine.policy import TLS
+from corsproxy.tools import cli
 
 CONFIG = """\
 listen: 127.0.0.1:8080

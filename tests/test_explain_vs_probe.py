@@ -17,12 +17,12 @@ import time
 from aiohttp import web
 from conftest import ProxyFactory, Upstream
 
-from corsproxy import browser
-from corsproxy import headers as h
-from corsproxy.config import parse_settings
-from corsproxy.explain import LISTENER_METHODS, Explanation, explain
-from corsproxy.policy import Settings
-from corsproxy.probe import ProbeResult, probe
+from corsproxy.config.load import parse_settings
+from corsproxy.engine import browser
+from corsproxy.engine import headers as h
+from corsproxy.engine.explain import LISTENER_METHODS, Explanation, explain
+from corsproxy.engine.policy import Settings
+from corsproxy.tools.probe import ProbeResult, probe
 
 PATH = "/api/orders"
 

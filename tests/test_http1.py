@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 import pytest
 from aiohttp import WSMsgType, web
 
-from corsproxy import proxy as proxy_module
-from corsproxy.config import parse_settings
-from corsproxy.listener import ClientConnection
+from corsproxy.config.load import parse_settings
+from corsproxy.http import proxy as proxy_module
+from corsproxy.http.listener import ClientConnection
 from tests.conftest import parse_head
 from tests.procutil import eventually
 

@@ -22,7 +22,7 @@ from multidict import CIMultiDictProxy
 from procutil import Proc, accepts, free_port, run, running
 from prometheus_client.parser import text_string_to_metric_families
 
-from corsproxy import reload
+from corsproxy.runtime import reload
 
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=10)
 ACAO = "Access-Control-Allow-Origin"
@@ -799,7 +799,7 @@ async def test_reload_applies_without_sighup_within_the_poll_interval(
 async def test_admin_answers_head_and_refuses_other_methods(tmp_path: Path) -> None:
     """The admin listener runs on the proxy's own HTTP layer: GET and HEAD on its four
     paths, 405 with Allow for any other method, 404 elsewhere."""
-    from corsproxy.admin import AdminView, start_admin
+    from corsproxy.runtime.admin import AdminView, start_admin
 
     view = AdminView(ready=lambda: False, metrics=lambda: b"m 1\n", config=lambda: {"a": 1})
     port = free_port()

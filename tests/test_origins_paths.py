@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from corsproxy.config import parse_settings
-from corsproxy.origins import OriginError, OriginMatcher, is_exact, parse_origin, serialise
-from corsproxy.paths import PathError, PatternError, compile_pattern, parse_target, path_parts
+from corsproxy.config.load import parse_settings
+from corsproxy.engine.origins import OriginError, OriginMatcher, is_exact, parse_origin, serialise
+from corsproxy.engine.paths import (
+    PathError,
+    PatternError,
+    compile_pattern,
+    parse_target,
+    path_parts,
+)
 
 
 @pytest.mark.parametrize(
@@ -207,7 +213,7 @@ def test_pattern_coverage_for_shadowing() -> None:
     ],
 )
 def test_split_authority(authority: str, expected: tuple[str, str | None] | None) -> None:
-    from corsproxy.origins import split_authority
+    from corsproxy.engine.origins import split_authority
 
     assert split_authority(authority) == expected
 
@@ -223,7 +229,7 @@ def test_split_authority(authority: str, expected: tuple[str, str | None] | None
     ],
 )
 def test_routing_host(host: str, expected: str) -> None:
-    from corsproxy.origins import routing_host
+    from corsproxy.engine.origins import routing_host
 
     assert routing_host(host) == expected
 

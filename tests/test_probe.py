@@ -19,8 +19,8 @@ from aiohttp import web
 from multidict import CIMultiDict
 from procutil import clean_env, corsproxy_cmd, free_port
 
-from corsproxy import browser
-from corsproxy.probe import ProbeError, ProbeResult, as_dict, format_text, probe, to_json
+from corsproxy.engine import browser
+from corsproxy.tools.probe import ProbeError, ProbeResult, as_dict, format_text, probe, to_json
 
 ORIGIN = "https://app.test"
 ACAO = "Access-Control-Allow-Origin"
@@ -743,7 +743,7 @@ async def test_cli_bad_url_closed_port_and_timeout_exit_2(silent_port: int) -> N
 
 def test_bare_header_name_is_sent_with_an_empty_value() -> None:
     """`--header NAME` with a bare name is a header with an empty value."""
-    from corsproxy.cli import browser_request as build_request
+    from corsproxy.tools.cli import browser_request as build_request
 
     request = build_request(ORIGIN, "GET", ["X-Bare", "X-Set: 1"], False)
     assert request.headers == (("X-Bare", ""), ("X-Set", "1"))

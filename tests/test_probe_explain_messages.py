@@ -22,10 +22,11 @@ from aiohttp import web
 from conftest import ProxyFactory, Upstream
 from procutil import REPO, clean_env, corsproxy_cmd, free_port, run, running, wait_port
 
-from corsproxy import browser, cli
-from corsproxy.app import start
-from corsproxy.config import Overrides, settings_from_flags
-from corsproxy.probe import as_dict, format_text, probe, to_json
+from corsproxy.config.load import Overrides, settings_from_flags
+from corsproxy.engine import browser
+from corsproxy.runtime.app import start
+from corsproxy.tools import cli
+from corsproxy.tools.probe import as_dict, format_text, probe, to_json
 
 APP = "https://app.example.com"
 EVIL = "https://evil.example.net"

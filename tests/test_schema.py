@@ -1,6 +1,6 @@
 """The JSON Schema (`corsproxy schema`) and the validator judge configs alike.
 
-Both come from the key tables in corsproxy.config; these tests hold the committed
+Both come from the key tables in corsproxy.config.load; these tests hold the committed
 config/corsproxy.schema.json, the example configs and docs/configuration.md to them.
 """
 
@@ -19,10 +19,8 @@ import pytest
 import trustme
 from jsonschema import Draft202012Validator
 
-from corsproxy import config
-from corsproxy import headers as hd
-from corsproxy.cli import main
-from corsproxy.config import (
+from corsproxy.config import load as config
+from corsproxy.config.load import (
     TOP,
     Boolean,
     ConfigInvalid,
@@ -34,7 +32,9 @@ from corsproxy.config import (
     load_settings,
     load_yaml,
 )
-from corsproxy.schema import schema, schema_text
+from corsproxy.config.schema import schema, schema_text
+from corsproxy.engine import headers as hd
+from corsproxy.tools.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_FILE = ROOT / "config" / "corsproxy.schema.json"

@@ -24,9 +24,10 @@ import pytest
 from aiohttp import web
 from procutil import REPO, clean_env, corsproxy_cmd, free_port, run, wait_port
 
-from corsproxy import browser, suggest
-from corsproxy.config import parse_settings
-from corsproxy.explain import explain
+from corsproxy.config import suggest
+from corsproxy.config.load import parse_settings
+from corsproxy.engine import browser
+from corsproxy.engine.explain import explain
 
 T0 = "2026-03-01T10:00:00Z"
 
@@ -723,7 +724,7 @@ def test_migrating_walkthrough_runs_as_written(tmp_path: Path) -> None:
     env = clean_env(PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     env["PYTHONPATH"] = str(REPO)
     api = subprocess.Popen(
-        [sys.executable, "-m", "corsproxy.echo", "--listen", f"127.0.0.1:{api_port}"],
+        [sys.executable, "-m", "corsproxy.tools.echo", "--listen", f"127.0.0.1:{api_port}"],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.DEVNULL,

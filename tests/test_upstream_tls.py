@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from procutil import accepts, clean_env, free_port, running
 
-from corsproxy.config import ConfigInvalid, parse_settings
-from corsproxy.metrics import ReloadMetrics
-from corsproxy.reload import ConfigSource, Reloader
+from corsproxy.config.load import ConfigInvalid, parse_settings
+from corsproxy.observe.metrics import ReloadMetrics
+from corsproxy.runtime.reload import ConfigSource, Reloader
 from tests.procutil import eventually
 
 ORIGIN = "https://app.test"
@@ -607,8 +607,8 @@ def test_upstream_ca_flag_that_cannot_be_read_is_refused(tmp_path: Path) -> None
 
 
 async def test_probe_shows_the_502_body_line(tmp_path: Path, make_proxy) -> None:
-    from corsproxy.cli import browser_request
-    from corsproxy.probe import format_text, probe
+    from corsproxy.tools.cli import browser_request
+    from corsproxy.tools.probe import format_text, probe
 
     async with https_upstream(self_signed()) as up:
         proxy = await make_proxy(CONFIG, upstream=up.url)

@@ -17,7 +17,7 @@ from procutil import eventually
 from test_streaming import GiB, MiB, RssSampler, figures, proxy_process  # noqa: F401
 from test_websocket import ORIGIN, EchoServer, greeted, receive
 
-from corsproxy.frames import FrameTracker, close_frame, header_size, payload_size
+from corsproxy.http.frames import FrameTracker, close_frame, header_size, payload_size
 
 CONFIG = """\
 upstream: {upstream}

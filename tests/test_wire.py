@@ -1,12 +1,12 @@
-"""The HTTP/1.1 wire rules as plain tables (corsproxy.wire): framing, keep-alive, hop-by-hop
+"""The HTTP/1.1 wire rules as plain tables (corsproxy.http.wire): framing, keep-alive, hop-by-hop
 and what a request head may be. No sockets: the rules, one row each."""
 
 from __future__ import annotations
 
 import pytest
 
-from corsproxy import wire
-from corsproxy.wire import CHUNKED, NO_BODY, UNTIL_CLOSE, Body, Framing, Refusal
+from corsproxy.http import wire
+from corsproxy.http.wire import CHUNKED, NO_BODY, UNTIL_CLOSE, Body, Framing, Refusal
 
 REQUEST_FRAMING = [
     pytest.param(None, None, NO_BODY, id="neither-header-no-body"),

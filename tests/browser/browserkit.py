@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import pytest
 from aiohttp import web
 
-from corsproxy.app import Running
+from corsproxy.runtime.app import Running
 
 T = TypeVar("T")
 

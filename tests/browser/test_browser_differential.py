@@ -27,8 +27,8 @@ from aiohttp import web
 from browserkit import chromium_fixture, ctx_fixture, pages_fixture, session_fixture  # noqa: F401
 from multidict import CIMultiDict
 
-from corsproxy import browser
-from corsproxy.probe import probe
+from corsproxy.engine import browser
+from corsproxy.tools.probe import probe
 
 pytestmark = pytest.mark.browser
 

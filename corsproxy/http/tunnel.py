@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from corsproxy.frames import FrameTracker, close_frame
-from corsproxy.listener import ReadPauses
+from corsproxy.http.frames import FrameTracker, close_frame
+from corsproxy.http.listener import ReadPauses
 
 log = logging.getLogger("corsproxy")
 

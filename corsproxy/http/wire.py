@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from enum import Enum
 from typing import NamedTuple
 
-from corsproxy import headers as h
+from corsproxy.engine import headers as h
 
 # --- limits (docs/configuration.md, "What a request may look like") -------------------------
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from corsproxy.origins import OriginMatcher
-from corsproxy.paths import PathPattern, path_parts
+from corsproxy.engine.origins import OriginMatcher
+from corsproxy.engine.paths import PathPattern, path_parts
 
 if TYPE_CHECKING:
-    from corsproxy.upstream_tls import UpstreamTLS
+    from corsproxy.config.upstream_tls import UpstreamTLS
 
 OnDisallowed = Literal["reject", "forward"]
 

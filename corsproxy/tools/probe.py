@@ -22,8 +22,9 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from corsproxy import __version__, browser
-from corsproxy import headers as h
+from corsproxy import __version__
+from corsproxy.engine import browser
+from corsproxy.engine import headers as h
 
 Headers = tuple[tuple[str, str], ...]
 Exchange = tuple[str, int, Headers]  # (method sent, response status, response headers)

@@ -12,17 +12,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from corsproxy import __version__, browser
-from corsproxy import headers as h
-from corsproxy.config import (
+from corsproxy import __version__
+from corsproxy.config.load import (
     ConfigInvalid,
     Diagnostic,
     Overrides,
     load_settings,
 )
-from corsproxy.origins import NULL_ORIGIN, split_origin
-from corsproxy.policy import Settings
-from corsproxy.reload import ConfigSource
+from corsproxy.engine import browser
+from corsproxy.engine import headers as h
+from corsproxy.engine.origins import NULL_ORIGIN, split_origin
+from corsproxy.engine.policy import Settings
+from corsproxy.runtime.reload import ConfigSource
 
 EXIT_OK = 0
 EXIT_INVALID = 2
@@ -138,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             return run_check(args)
         if args.command == "schema":
-            from corsproxy.schema import schema_text
+            from corsproxy.config.schema import schema_text
 
             sys.stdout.write(schema_text())
             return EXIT_OK
@@ -269,8 +270,8 @@ def admin_override(args: argparse.Namespace) -> tuple[str, str] | None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from corsproxy.app import ListenError, TLSError, make_ssl_context, run, serve
-    from corsproxy.workers import supervise
+    from corsproxy.runtime.app import ListenError, TLSError, make_ssl_context, run, serve
+    from corsproxy.runtime.workers import supervise
 
     loaded = load_for_serve(args)
     if loaded is None:
@@ -292,7 +293,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from corsproxy.app import ListenError, run
+    from corsproxy.runtime.app import ListenError, run
 
     path = args.config or find_demo_config()
     if path is None:
@@ -317,8 +318,8 @@ def find_demo_config() -> str | None:
 
 
 async def demo(path: str, listen: str) -> int:
-    from corsproxy.app import demo_admin, start
-    from corsproxy.echo import start_echo
+    from corsproxy.runtime.app import demo_admin, start
+    from corsproxy.tools.echo import start_echo
 
     echo_runner, echo_port = await start_echo()
     echo_url = f"http://127.0.0.1:{echo_port}"
@@ -430,7 +431,7 @@ def add_explain_parser(commands: argparse._SubParsersAction[Parser]) -> None:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from corsproxy.explain import explain, format_text, to_json
+    from corsproxy.engine.explain import explain, format_text, to_json
 
     try:
         request = browser_request(args.origin, args.method, args.headers, args.credentials)
@@ -512,9 +513,9 @@ def add_probe_parser(commands: argparse._SubParsersAction[Parser]) -> None:
 
 
 def run_probe(args: argparse.Namespace) -> int:
-    from corsproxy.probe import ProbeError, probe
-    from corsproxy.probe import format_text as probe_text
-    from corsproxy.probe import to_json as probe_json
+    from corsproxy.tools.probe import ProbeError, probe
+    from corsproxy.tools.probe import format_text as probe_text
+    from corsproxy.tools.probe import to_json as probe_json
 
     try:
         if not args.timeout > 0:
@@ -728,8 +729,8 @@ def add_suggest_parser(commands: argparse._SubParsersAction[Parser]) -> None:
 def run_suggest(args: argparse.Namespace) -> int:
     import time
 
-    from corsproxy import suggest
-    from corsproxy.config import parse_settings
+    from corsproxy.config import suggest
+    from corsproxy.config.load import parse_settings
 
     def fail(message: str) -> int:
         print(f"corsproxy suggest: error: {message}", file=sys.stderr)

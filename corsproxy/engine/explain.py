@@ -18,10 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from corsproxy import browser
-from corsproxy import headers as h
-from corsproxy.config import BUILTIN_CORS
-from corsproxy.cors import (
+from corsproxy.engine import browser
+from corsproxy.engine import headers as h
+from corsproxy.engine.cors import (
     Action,
     Decision,
     Kind,
@@ -31,16 +30,17 @@ from corsproxy.cors import (
     header_allowed,
     method_allowed,
 )
-from corsproxy.origins import NULL_ORIGIN, addressed_origin, routing_host
-from corsproxy.paths import PathError, parse_target
-from corsproxy.policy import Policy, Route, Settings
+from corsproxy.engine.defaults import builtin_cors_plain
+from corsproxy.engine.origins import NULL_ORIGIN, addressed_origin, routing_host
+from corsproxy.engine.paths import PathError, parse_target
+from corsproxy.engine.policy import Policy, Route, Settings
 
 Headers = tuple[tuple[str, str], ...]
 
 # The policy keys, in the order a person reads them, with their built-in values
 # (docs/configuration.md, "How defaults merge"),
 # as the effective config shows them (lists).
-BUILTIN = {k: list(v) if isinstance(v, tuple) else v for k, v in BUILTIN_CORS.items()}
+BUILTIN = builtin_cors_plain()
 SAFELISTED_RESPONSE_NAMES = (
     "Cache-Control",
     "Content-Language",

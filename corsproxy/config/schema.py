@@ -1,7 +1,7 @@
 """The JSON Schema (2020-12) of the config file, generated from the validator's own tables.
 
 Nothing about a key is written here: its kind, bounds, allowed words, default and
-description all come from the tables in corsproxy.config (TOP and the tables it nests),
+description all come from the tables in corsproxy.config.load (TOP and the tables it nests),
 which the Validator checks every value through. This module only says each kind in JSON
 Schema, plus the two rules across keys a schema can express (see ``CROSS_KEY_RULES``).
 ``corsproxy schema`` prints the result; config/corsproxy.schema.json is a copy of it.
@@ -17,7 +17,7 @@ import json
 import re
 from typing import Any
 
-from corsproxy.config import (
+from corsproxy.config.load import (
     CORS,
     ORIGIN_PATTERN,
     TOKEN_PATTERN,

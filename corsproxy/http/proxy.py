@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from time import perf_counter, time
 
-from corsproxy import accesslog, origins, wire
-from corsproxy import headers as h
-from corsproxy.cors import (
+from corsproxy.engine import headers as h
+from corsproxy.engine import origins
+from corsproxy.engine.cors import (
     PASSTHROUGH,
     Action,
     Decision,
@@ -30,14 +30,16 @@ from corsproxy.cors import (
     decide,
     expose_value_for,
 )
-from corsproxy.listener import CONTINUE, ClientConnection, Exchange, RawHeaders, date_line
-from corsproxy.live import REFUSED, LiveLog
-from corsproxy.metrics import RequestMetrics
-from corsproxy.origins import routing_host
-from corsproxy.paths import PathError, Target, parse_target
-from corsproxy.policy import Route, Settings, Upstream
-from corsproxy.tunnel import GOING_AWAY_GRACE, Tunnel
-from corsproxy.upstream import BrokenBody, UpstreamConnection, UpstreamError, UpstreamPool
+from corsproxy.engine.origins import routing_host
+from corsproxy.engine.paths import PathError, Target, parse_target
+from corsproxy.engine.policy import Route, Settings, Upstream
+from corsproxy.http import wire
+from corsproxy.http.listener import CONTINUE, ClientConnection, Exchange, RawHeaders, date_line
+from corsproxy.http.tunnel import GOING_AWAY_GRACE, Tunnel
+from corsproxy.http.upstream import BrokenBody, UpstreamConnection, UpstreamError, UpstreamPool
+from corsproxy.observe import accesslog
+from corsproxy.observe.live import REFUSED, LiveLog
+from corsproxy.observe.metrics import RequestMetrics
 
 log = logging.getLogger("corsproxy")
 

@@ -24,8 +24,17 @@ import tempfile
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from corsproxy.admin import AdminView, config_view, host_port
-from corsproxy.app import (
+from corsproxy.config.view import config_view, host_port
+from corsproxy.engine.policy import Settings
+from corsproxy.observe.live import LiveState, publish, read_snapshots
+from corsproxy.observe.metrics import (
+    ReloadMetrics,
+    RequestMetrics,
+    exposition,
+    multiprocess_registry,
+)
+from corsproxy.runtime.admin import AdminView
+from corsproxy.runtime.app import (
     TLSError,
     bind_failure,
     open_admin,
@@ -34,10 +43,7 @@ from corsproxy.app import (
     stop_on_signals,
     summary,
 )
-from corsproxy.live import LiveState, publish, read_snapshots
-from corsproxy.metrics import ReloadMetrics, RequestMetrics, exposition, multiprocess_registry
-from corsproxy.policy import Settings
-from corsproxy.reload import ConfigSource, Reloader
+from corsproxy.runtime.reload import ConfigSource, Reloader
 
 log = logging.getLogger("corsproxy")
 

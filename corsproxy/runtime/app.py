@@ -12,14 +12,15 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from corsproxy.admin import AdminServer, AdminView, config_view, host_port, start_admin
-from corsproxy.listener import Listener
-from corsproxy.live import LiveState, snapshot
-from corsproxy.metrics import ReloadMetrics, RequestMetrics, exposition
-from corsproxy.policy import Settings
-from corsproxy.proxy import Proxy
-from corsproxy.reload import ConfigSource, Reloader
-from corsproxy.upstream import UpstreamPool
+from corsproxy.config.view import config_view, host_port
+from corsproxy.engine.policy import Settings
+from corsproxy.http.listener import Listener
+from corsproxy.http.proxy import Proxy
+from corsproxy.http.upstream import UpstreamPool
+from corsproxy.observe.live import LiveState, snapshot
+from corsproxy.observe.metrics import ReloadMetrics, RequestMetrics, exposition
+from corsproxy.runtime.admin import AdminServer, AdminView, start_admin
+from corsproxy.runtime.reload import ConfigSource, Reloader
 
 log = logging.getLogger("corsproxy")
 T = TypeVar("T")

@@ -20,14 +20,15 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from corsproxy import upstream_tls, wire
-from corsproxy.listener import READ_CHUNK, RawHeaders, ReadPauses
-from corsproxy.wire import Body, Framing, Refusal
+from corsproxy.config import upstream_tls
+from corsproxy.http import wire
+from corsproxy.http.listener import READ_CHUNK, RawHeaders, ReadPauses
+from corsproxy.http.wire import Body, Framing, Refusal
 
 if TYPE_CHECKING:
-    from corsproxy.listener import ClientConnection
-    from corsproxy.policy import Settings, Upstream
-    from corsproxy.upstream_tls import UpstreamTLS
+    from corsproxy.config.upstream_tls import UpstreamTLS
+    from corsproxy.engine.policy import Settings, Upstream
+    from corsproxy.http.listener import ClientConnection
 
 
 FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"connection"})

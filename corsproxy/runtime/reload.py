@@ -18,8 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from corsproxy.admin import config_view
-from corsproxy.config import (
+from corsproxy.config.load import (
     ConfigInvalid,
     Diagnostic,
     Overrides,
@@ -27,9 +26,10 @@ from corsproxy.config import (
     settings_from_flags,
     split_host_port,
 )
-from corsproxy.metrics import ReloadMetrics
-from corsproxy.policy import Settings
-from corsproxy.upstream_tls import tls_changes
+from corsproxy.config.upstream_tls import tls_changes
+from corsproxy.config.view import config_view
+from corsproxy.engine.policy import Settings
+from corsproxy.observe.metrics import ReloadMetrics
 
 log = logging.getLogger("corsproxy")
 

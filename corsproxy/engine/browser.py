@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from corsproxy import headers as h
+from corsproxy.engine import headers as h
 
 HeaderList = Sequence[tuple[str, str]]
 

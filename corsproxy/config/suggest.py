@@ -39,9 +39,9 @@ from typing import Any
 
 import yaml
 
-from corsproxy import headers as h
-from corsproxy.config import ConfigLoader
-from corsproxy.origins import NULL_ORIGIN, ParsedOrigin, split_origin
+from corsproxy.config.load import ConfigLoader
+from corsproxy.engine import headers as h
+from corsproxy.engine.origins import NULL_ORIGIN, ParsedOrigin, split_origin
 
 POLICY_KEYS = ("allow_origins", "allow_methods", "allow_headers", "allow_credentials")
 MAX_KEYS = 50_000  # distinct (route, origin, kind, method, headers, credentials) counted

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from corsproxy.policy import Settings
+    from corsproxy.engine.policy import Settings
 
 # The files a folder given as ``ca`` contributes: PEM certificates by their usual suffixes.
 CA_SUFFIXES = (".pem", ".crt", ".cer")

@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 
-from corsproxy import headers as h
-from corsproxy.policy import Policy
+from corsproxy.engine import headers as h
+from corsproxy.engine.policy import Policy
 
 # Browsers never let a page send these (Fetch "forbidden method"); a "*" policy must not
 # reflect them either.

@@ -29,9 +29,17 @@ from typing import Any, NoReturn
 
 import httptools
 
-from corsproxy import wire
-from corsproxy.wire import MAX_FIELD, MAX_FIELDS, MAX_HEAD, NO_BODY_STATUSES, Body, Framing, Refusal
-from corsproxy.wire import REFUSED_METHODS as REFUSED
+from corsproxy.http import wire
+from corsproxy.http.wire import (
+    MAX_FIELD,
+    MAX_FIELDS,
+    MAX_HEAD,
+    NO_BODY_STATUSES,
+    Body,
+    Framing,
+    Refusal,
+)
+from corsproxy.http.wire import REFUSED_METHODS as REFUSED
 
 log = logging.getLogger("corsproxy")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import json
 from collections.abc import Callable
@@ -17,10 +16,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from corsproxy.config import BUILTIN_CORS
-from corsproxy.listener import TEXT_PLAIN, ClientConnection, Exchange, Listener
-from corsproxy.metrics import CONTENT_TYPE
-from corsproxy.policy import Settings
+from corsproxy.http.listener import TEXT_PLAIN, ClientConnection, Exchange, Listener
+from corsproxy.observe.metrics import CONTENT_TYPE
 
 TEXT = "text/plain; charset=utf-8"
 JSON = "application/json; charset=utf-8"
@@ -85,58 +82,6 @@ def admin_answer(view: AdminView, method: str, target: str) -> tuple[int, str, b
         return 200, CONTENT_TYPE, view.metrics()
     body = json.dumps(view.config(), indent=2, default=str) + "\n"
     return 200, JSON, body.encode()
-
-
-def host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def config_view(settings: Settings) -> dict[str, Any]:
-    """Every setting in force, defaults included, as /config shows it: the top-level keys
-    (the running ``listen``, ``admin``, ``workers``, ``tls``), every timeout, ``defaults``
-    with every CORS key, and each route with its name, upstream and whole CORS policy (its
-    own keys over ``defaults``). Values are as written (origins, upstream URLs, TLS paths)."""
-    written = settings.effective if isinstance(settings.effective, dict) else {}
-    given = written.get("defaults")
-    defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in BUILTIN_CORS.items()}
-    if isinstance(given, dict):
-        defaults.update(given)
-    upstream = written.get("upstream")
-    entries = written.get("routes") if isinstance(written.get("routes"), list) else []
-    compiled = settings.table.routes
-    routes = []
-    for index, entry in enumerate(entries):
-        entry = entry if isinstance(entry, dict) else {}
-        name = compiled[index].name if len(compiled) == len(entries) else entry.get("name")
-        cors = entry.get("cors")
-        routes.append(
-            {
-                "name": name,
-                "path": entry.get("path"),
-                "host": entry.get("host"),
-                "upstream": entry.get("upstream", upstream),
-                "cors": cors
-                if cors == "passthrough"
-                else {**defaults, **(cors if isinstance(cors, dict) else {})},
-            }
-        )
-    tls = None
-    if settings.tls is not None:
-        shown = written.get("tls")
-        tls = shown if isinstance(shown, dict) else dataclasses.asdict(settings.tls)
-    return {
-        "listen": host_port(settings.listen_host, settings.listen_port),
-        "upstream": upstream,
-        "admin": host_port(*settings.admin) if settings.admin is not None else None,
-        "workers": settings.workers,
-        "tls": tls,
-        "timeouts": dataclasses.asdict(settings.timeouts),
-        "preserve_host": settings.preserve_host,
-        "trust_forwarded": settings.trust_forwarded,
-        "access_log": settings.access_log,
-        "defaults": defaults,
-        "routes": routes,
-    }
 
 
 class AdminServer:

@@ -38,11 +38,12 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from corsproxy import __version__, browser
-from corsproxy.admin import config_view
-from corsproxy.cors import Decision, Verdict
-from corsproxy.explain import describe_value, explain
-from corsproxy.policy import Settings
+from corsproxy import __version__
+from corsproxy.config.view import config_view
+from corsproxy.engine import browser
+from corsproxy.engine.cors import Decision, Verdict
+from corsproxy.engine.explain import describe_value, explain
+from corsproxy.engine.policy import Settings
 
 REFUSALS = 100  # refused requests kept per process, and shown (the newest, all processes)
 HISTORY = 60  # seconds of per-second rates

@@ -19,10 +19,12 @@ from typing import Any
 
 import yaml
 
-from corsproxy import headers as hd
-from corsproxy import upstream_tls as utls
-from corsproxy.cors import FORBIDDEN_METHODS
-from corsproxy.origins import (
+from corsproxy.config import upstream_tls as utls
+from corsproxy.engine import headers as hd
+from corsproxy.engine.browser import CHROMIUM_MAX_AGE, FIREFOX_MAX_AGE
+from corsproxy.engine.cors import FORBIDDEN_METHODS
+from corsproxy.engine.defaults import BUILTIN_CORS
+from corsproxy.engine.origins import (
     NULL_ORIGIN,
     OriginError,
     OriginMatcher,
@@ -34,8 +36,8 @@ from corsproxy.origins import (
     split_authority,
     split_origin,
 )
-from corsproxy.paths import PathPattern, PatternError, compile_pattern
-from corsproxy.policy import (
+from corsproxy.engine.paths import PathPattern, PatternError, compile_pattern
+from corsproxy.engine.policy import (
     TLS,
     Policy,
     Route,
@@ -46,9 +48,6 @@ from corsproxy.policy import (
     compile_policy,
 )
 
-# Browsers cap how long they cache a preflight; more than this is never honoured.
-CHROMIUM_MAX_AGE = 7200
-FIREFOX_MAX_AGE = 86400
 DEFAULT_LISTEN = ("127.0.0.1", 8080)
 DEFAULT_TIMEOUTS = Timeouts()
 _UNSET: Any = object()
@@ -57,14 +56,14 @@ _UNSET: Any = object()
 #
 # One table per mapping of the file. Each key's kind (what the validator accepts), its
 # columns in docs/configuration.md and its description live here and nowhere else: the
-# Validator checks every value through ``Key.kind``, corsproxy.schema turns the same tables
+# Validator checks every value through ``Key.kind``, corsproxy.config.schema turns the same tables
 # into the JSON Schema (``corsproxy schema``), and tests/test_schema.py holds the tables of
 # docs/configuration.md to these texts.
 
 
 class Kind:
     """What a key's value may be. ``check`` validates and converts it (through the
-    Validator, so the problems are recorded there); corsproxy.schema says the same in
+    Validator, so the problems are recorded there); corsproxy.config.schema says the same in
     JSON Schema."""
 
     __slots__ = ()
@@ -404,7 +403,7 @@ CORS = Table(
             "`[]`",
             "Which origins may read responses. `[]` means no cross-origin access. See "
             "[Origins](#origins).",
-            (),
+            BUILTIN_CORS["allow_origins"],
         ),
         Key(
             "allow_methods",
@@ -412,7 +411,7 @@ CORS = Table(
             'list of method names, or `["*"]`',
             "`[GET, HEAD, POST]`",
             "Methods a cross-origin page may use. Case-sensitive.",
-            ("GET", "HEAD", "POST"),
+            BUILTIN_CORS["allow_methods"],
         ),
         Key(
             "allow_headers",
@@ -420,7 +419,7 @@ CORS = Table(
             'list of header names, or `["*"]`',
             "`[]`",
             "Request headers a preflight may ask for. Case-insensitive.",
-            (),
+            BUILTIN_CORS["allow_headers"],
         ),
         Key(
             "expose_headers",
@@ -428,7 +427,7 @@ CORS = Table(
             'list of header names, or `["*"]`',
             "`[]`",
             "Response headers the page may read beyond the always-readable ones.",
-            (),
+            BUILTIN_CORS["expose_headers"],
         ),
         Key(
             "allow_credentials",
@@ -436,7 +435,7 @@ CORS = Table(
             "boolean",
             "`false`",
             "Allow cookies and `Authorization` on cross-origin requests.",
-            False,
+            BUILTIN_CORS["allow_credentials"],
         ),
         Key(
             "max_age",
@@ -444,7 +443,7 @@ CORS = Table(
             "whole seconds >= 0, or `null`",
             "unset",
             "`Access-Control-Max-Age` on preflight answers. Unset: no header.",
-            None,
+            BUILTIN_CORS["max_age"],
         ),
         Key(
             "allow_private_network",
@@ -453,7 +452,7 @@ CORS = Table(
             "`false`",
             "Answer `Access-Control-Request-Private-Network: true` with "
             "`Access-Control-Allow-Private-Network: true`.",
-            False,
+            BUILTIN_CORS["allow_private_network"],
         ),
         Key(
             "on_disallowed",
@@ -462,7 +461,7 @@ CORS = Table(
             "`reject`",
             "What happens to a disallowed actual request: `403` and not forwarded, or "
             "forwarded with no CORS headers.",
-            "reject",
+            BUILTIN_CORS["on_disallowed"],
         ),
         Key(
             "preflight_status",
@@ -470,7 +469,7 @@ CORS = Table(
             "integer 200-299",
             "`204`",
             "Status of an allowed preflight answer.",
-            204,
+            BUILTIN_CORS["preflight_status"],
         ),
         Key(
             "report_only",
@@ -478,7 +477,7 @@ CORS = Table(
             "boolean",
             "`false`",
             "Decide, but forward everything untouched (see [report_only](#report_only)).",
-            False,
+            BUILTIN_CORS["report_only"],
         ),
     ],
 )
@@ -644,7 +643,6 @@ ROUTE_KEYS = ROUTE.names
 TIMEOUT_KEYS = TIMEOUTS.names
 TLS_KEYS = TLS_TABLE.names
 UPSTREAM_TLS_KEYS = UPSTREAM_TLS.names
-BUILTIN_CORS: dict[str, Any] = {key.name: key.value for key in CORS}
 
 
 # --- diagnostics -------------------------------------------------------------------

@@ -1,0 +1,229 @@
+"""The package's layers, checked from the tree itself.
+
+Subpackages are stacked engine < config < observe < http < runtime < tools. A module may
+import the standard library, its own layer, the layers below it and the third-party
+packages its layer and the ones below are allowed. The engine (and ``http/wire``, the pure
+HTTP rules) may not touch I/O even through the standard library. Nothing imports ``tools``
+except the entry points. Imports under ``if TYPE_CHECKING:`` never run and are left out; an
+import inside a function runs and counts. Which modules are pure follows from where they
+live: there is no list to keep up to date.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "corsproxy"
+LAYERS = ("engine", "config", "observe", "http", "runtime", "tools")
+THIRD_PARTY = {  # what each layer adds to those below it
+    "engine": set(),
+    "config": {"yaml"},
+    "observe": {"prometheus_client"},
+    "http": {"httptools"},
+    "runtime": {"uvloop"},
+    "tools": {"aiohttp", "yarl"},
+}
+# Standard-library modules that do I/O, wait or keep global state: not for pure code.
+IO_MODULES = {
+    "asyncio",
+    "socket",
+    "ssl",
+    "selectors",
+    "select",
+    "subprocess",
+    "threading",
+    "multiprocessing",
+    "os",
+    "io",
+    "signal",
+    "logging",
+    "time",
+    "http",
+    "fcntl",
+    "termios",
+    "shutil",
+    "tempfile",
+    "pathlib",
+}
+PURE_OUTSIDE_ENGINE = {"corsproxy.http.wire"}
+ENTRY_POINTS = {"corsproxy.__main__", "corsproxy.echo"}
+
+
+@dataclass(frozen=True)
+class Import:
+    module: str  # the importing module, dotted
+    target: str  # what it imports, dotted
+    line: int
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def type_checking_only(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def imports_of(tree: ast.AST, module: str, is_package: bool) -> Iterator[Import]:
+    """Every import that runs, with ``from . import x`` resolved to dotted names."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        for child in ast.iter_child_nodes(node):
+            if type_checking_only(child):
+                stack.extend(child.orelse)
+                continue
+            stack.append(child)
+            if isinstance(child, ast.Import):
+                for alias in child.names:
+                    yield Import(module, alias.name, child.lineno)
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    parent = module.split(".")
+                    parent = parent[: len(parent) - child.level + (1 if is_package else 0)]
+                    base = ".".join(parent + ([base] if base else []))
+                for alias in child.names:
+                    # ``from corsproxy.engine import cors`` imports the module corsproxy.engine.cors
+                    yield Import(
+                        module, f"{base}.{alias.name}" if base else alias.name, child.lineno
+                    )
+
+
+def layer_of(name: str) -> str | None:
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "corsproxy" and parts[1] in LAYERS else None
+
+
+def violations(root: Path) -> list[str]:
+    """Every import in the package under ``root`` that breaks the layering, as text."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        module = module_name(path, root)
+        tree = ast.parse(path.read_text(), str(path))
+        layer = layer_of(module)
+        for imp in imports_of(tree, module, path.name == "__init__.py"):
+            top = imp.target.split(".")[0]
+            where = f"{path.relative_to(root.parent)}:{imp.line}: {module} imports {imp.target}"
+            if top == "corsproxy":
+                target_layer = layer_of(imp.target)
+                if module in ENTRY_POINTS:
+                    continue
+                if target_layer == "tools" and layer != "tools":
+                    found.append(f"{where}: nothing imports tools/")
+                elif target_layer is None:
+                    if imp.target not in ("corsproxy.__version__", "corsproxy"):
+                        found.append(f"{where}: the package root holds only the version")
+                elif layer is None:
+                    found.append(f"{where}: only entry points live beside the layers")
+                elif LAYERS.index(target_layer) > LAYERS.index(layer):
+                    found.append(f"{where}: {layer}/ may not import {target_layer}/ above it")
+                continue
+            if top == "__future__":
+                continue
+            if top in sys.stdlib_module_names:
+                if (layer == "engine" or module in PURE_OUTSIDE_ENGINE) and top in IO_MODULES:
+                    found.append(f"{where}: pure code does no I/O")
+                continue
+            allowed = (
+                set().union(*(THIRD_PARTY[name] for name in LAYERS[: LAYERS.index(layer) + 1]))
+                if layer
+                else set()
+            )
+            if top not in allowed:
+                found.append(f"{where}: {top} is not for {layer or 'the package root'}")
+    return found
+
+
+def cycles(root: Path) -> list[list[str]]:
+    """Module-level import cycles inside the package (lazy imports included)."""
+    graph: dict[str, set[str]] = {}
+    names = {module_name(p, root) for p in root.rglob("*.py")}
+    for path in root.rglob("*.py"):
+        module = module_name(path, root)
+        tree = ast.parse(path.read_text())
+        graph[module] = set()
+        for imp in imports_of(tree, module, path.name == "__init__.py"):
+            target = imp.target if imp.target in names else imp.target.rpartition(".")[0]
+            if target in names and target != module and not target.endswith(("corsproxy",)):
+                graph[module].add(target)
+    found, state = [], {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                found.append([*trail[trail.index(nxt) :], nxt] if nxt in trail else [node, nxt])
+            elif nxt not in state:
+                visit(nxt, [*trail, nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    return found
+
+
+def test_every_import_runs_down_the_layers() -> None:
+    assert violations(PACKAGE) == []
+
+
+def test_no_import_goes_round_in_a_circle() -> None:
+    assert cycles(PACKAGE) == []
+
+
+def test_every_layer_is_a_subpackage_that_says_what_it_may_import() -> None:
+    for layer in LAYERS:
+        doc = ast.get_docstring(ast.parse((PACKAGE / layer / "__init__.py").read_text()))
+        assert doc and "May import" in doc, layer
+    loose = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__", "__main__", "echo"}
+    assert loose == set(), "modules belong in a layer"
+
+
+@pytest.mark.parametrize(
+    ("module", "source", "broken_rule"),
+    [
+        ("engine/cors.py", "import asyncio\n", "pure code does no I/O"),
+        ("engine/cors.py", "from corsproxy.http import proxy\n", "may not import http/"),
+        ("engine/cors.py", "import yaml\n", "yaml is not for engine"),
+        ("config/load.py", "import aiohttp\n", "aiohttp is not for config"),
+        ("http/wire.py", "import socket\n", "pure code does no I/O"),
+        (
+            "http/proxy.py",
+            "def f():\n    from corsproxy.runtime import app\n",
+            "may not import runtime/",
+        ),
+        ("runtime/app.py", "from corsproxy.tools import cli\n", "nothing imports tools/"),
+        ("observe/live.py", "from ..http import listener\n", "may not import http/"),
+    ],
+)
+def test_the_rule_catches_a_module_that_breaks_it(
+    tmp_path: Path, module: str, source: str, broken_rule: str
+) -> None:
+    """The checker run on a copy of the package with one bad import added."""
+    copy = tmp_path / "corsproxy"
+    for path in PACKAGE.rglob("*.py"):
+        target = copy / path.relative_to(PACKAGE)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(path.read_text())
+    assert violations(copy) == []
+    bad = copy / module
+    bad.write_text(bad.read_text() + "\n" + source)
+    found = violations(copy)
+    assert len(found) == 1 and broken_rule in found[0], found
+
+
+def test_a_type_checking_import_is_not_a_dependency(tmp_path: Path) -> None:
+    package = tmp_path / "corsproxy"
+    (package / "engine").mkdir(parents=True)
+    (package / "engine" / "policy.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import asyncio\n"
+    )
+    assert violations(package) == []

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from corsproxy.config.load import ConfigInvalid, Diagnostic, load_settings, parse_settings
+from corsproxy.config.load import load_settings, parse_settings
+from corsproxy.config.tree import ConfigInvalid, Diagnostic
 from corsproxy.engine.policy import Settings
 
 

@@ -1,6 +1,6 @@
 """The JSON Schema (`corsproxy schema`) and the validator judge configs alike.
 
-Both come from the key tables in corsproxy.config.load; these tests hold the committed
+Both come from the key tables in corsproxy.config.keys; these tests hold the committed
 config/corsproxy.schema.json, the example configs and docs/configuration.md to them.
 """
 
@@ -19,20 +19,20 @@ import pytest
 import trustme
 from jsonschema import Draft202012Validator
 
-from corsproxy.config import load as config
-from corsproxy.config.load import (
+from corsproxy.config import keys as config
+from corsproxy.config.addresses import parse_upstream
+from corsproxy.config.keys import (
     TOP,
     Boolean,
-    ConfigInvalid,
     Key,
     ListOf,
     Section,
     SectionOr,
     Table,
-    load_settings,
-    load_yaml,
 )
+from corsproxy.config.load import load_settings
 from corsproxy.config.schema import schema, schema_text
+from corsproxy.config.tree import ConfigInvalid, load_yaml
 from corsproxy.engine import headers as hd
 from corsproxy.tools.cli import main
 
@@ -398,5 +398,5 @@ def test_upstream_pattern_refuses_what_parse_upstream_refuses_in_a_prefix() -> N
     upstream = re.compile(config.UPSTREAM_PATTERN)
     for code in range(128):
         url = f"http://a/x{chr(code)}y"
-        accepted = config.parse_upstream(url)[0] is not None
+        accepted = parse_upstream(url)[0] is not None
         assert bool(upstream.match(url)) == accepted, repr(chr(code))

@@ -1,5 +1,5 @@
 """TLS toward https:// upstreams: ``upstream_tls`` compiled into SSL contexts, and TLS
-failures told in words (issue 16).
+failures told in words (docs/operations.md#tls).
 
 A context is built once, when the config is loaded (``build``), never per request; the same
 settings and the same file contents give back the same context object, so a reload that

@@ -18,14 +18,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from corsproxy.config.load import (
-    ConfigInvalid,
-    Diagnostic,
-    Overrides,
-    load_settings,
-    settings_from_flags,
-    split_host_port,
-)
+from corsproxy.config.addresses import split_host_port
+from corsproxy.config.load import load_settings, settings_from_flags
+from corsproxy.config.overrides import Overrides
+from corsproxy.config.tree import ConfigInvalid, Diagnostic
 from corsproxy.config.upstream_tls import tls_changes
 from corsproxy.config.view import config_view
 from corsproxy.engine.policy import Settings
@@ -221,7 +217,8 @@ class Reloader:
         self.history: deque[dict[str, Any]] = deque(maxlen=RELOADS_KEPT)  # the admin page's
 
     def remember(self, why: str, result: str, lines: Sequence[str]) -> None:
-        """For the admin page (live.py): when, why, the result, the changes or the errors."""
+        """For the admin page (observe/live.py): when, why, the result, the changes or the
+        errors."""
         self.history.append({"time": time.time(), "why": why, "result": result, "lines": lines})
 
     def reload(self, why: str) -> str:

@@ -1,8 +1,9 @@
-"""The browser model (corsproxy/browser.py) against the Fetch Standard, rule by rule.
+"""The browser model (corsproxy/engine/browser.py) against the Fetch Standard, rule by rule.
 
 Every case's id names the Fetch rule it checks (https://fetch.spec.whatwg.org/):
 "safelisted-header", "normalize-method", "forbidden-request-header", "unsafe-names",
-"preflight-request", "cors-check", "preflight-fetch", "exposed-headers", "max-age".
+"preflight-request", "cors-check", "preflight-fetch", "exposed-headers", "max-age", and
+``walk``, the steps of one fetch() that explain and probe both drive ("main fetch").
 Pure: no network, no event loop.
 """
 
@@ -752,3 +753,82 @@ MAX_AGE = [
 @pytest.mark.parametrize(("headers", "expected"), MAX_AGE)
 def test_preflight_max_age(headers: list[tuple[str, str]], expected: tuple[int, int, int]) -> None:
     assert browser.preflight_max_age(headers) == expected
+
+
+# --- Fetch "main fetch": the walk explain and probe both drive --------------------------------
+
+ACAO = "Access-Control-Allow-Origin"
+
+
+class Server:
+    """Answers each request the walk sends from a table, and keeps what it was sent."""
+
+    def __init__(self, *answers: browser.Response) -> None:
+        self.answers = list(answers)
+        self.sent: list[browser.Sent] = []
+
+    def __call__(self, sent: browser.Sent) -> browser.Response:
+        self.sent.append(sent)
+        return self.answers.pop(0)
+
+
+def run(
+    request: Request, *answers: browser.Response, same_origin: bool = False
+) -> tuple[browser.Walk[browser.Response], Server]:
+    server = Server(*answers)
+    walked = browser.drive(browser.walk(request, same_origin), server)
+    assert server.answers == [], "every answer given was asked for"
+    return walked, server
+
+
+def test_walk_simple_request_sends_one_request_and_checks_it() -> None:
+    walked, server = run(Request(ORIGIN), browser.Response(200, ((ACAO, ORIGIN), ("X-A", "1"))))
+    assert [s.method for s in server.sent] == ["GET"]
+    assert server.sent[0].headers == (("Origin", ORIGIN),)
+    assert walked.preflight is None and walked.actual is not None
+    assert walked.allowed is True and walked.stage == "actual" and walked.reason == ""
+    assert walked.actual.readable == ()  # X-A is not exposed
+
+
+def test_walk_failed_preflight_sends_nothing_more() -> None:
+    walked, server = run(Request(ORIGIN, "PUT"), browser.Response(403))
+    assert [s.method for s in server.sent] == ["OPTIONS"] and server.sent[0].preflight
+    assert walked.actual is None and walked.stage == "preflight"
+    assert walked.reason == "preflight: no Access-Control-Allow-Origin header in the response"
+
+
+def test_walk_passed_preflight_then_actual_with_max_age() -> None:
+    ok = ((ACAO, ORIGIN), ("Access-Control-Allow-Methods", "PUT"), ("Access-Control-Max-Age", "9"))
+    walked, server = run(
+        Request(ORIGIN, "PUT"), browser.Response(204, ok), browser.Response(200, ((ACAO, ORIGIN),))
+    )
+    assert [s.method for s in server.sent] == ["OPTIONS", "PUT"]
+    assert walked.preflight is not None and walked.preflight.max_age == (9, 9, 9)
+    assert walked.allowed is True and len(walked.steps) == 2
+
+
+def test_walk_forbidden_method_sends_nothing() -> None:
+    walked, server = run(Request(ORIGIN, "TRACE"))
+    assert server.sent == [] and walked.steps == () and walked.stage == "fetch"
+    assert walked.allowed is False and "forbidden method TRACE" in walked.reason
+
+
+def test_walk_unknown_answers_cannot_tell() -> None:
+    unknown = browser.Response(None, known=False)
+    walked, server = run(Request(ORIGIN, "PUT"), unknown, unknown)
+    assert [s.method for s in server.sent] == ["OPTIONS", "PUT"]
+    assert walked.allowed is None and walked.verdict is None
+
+
+def test_walk_same_origin_checks_nothing() -> None:
+    walked, server = run(Request(ORIGIN, "PUT"), browser.Response(200), same_origin=True)
+    assert [s.method for s in server.sent] == ["PUT"]  # no preflight
+    assert server.sent[0].headers == (("Origin", ORIGIN),)  # Origin: not GET or HEAD
+    assert walked.allowed is True and walked.same_origin
+
+
+def test_walk_reports_a_redirect_it_does_not_follow() -> None:
+    headers = ((ACAO, ORIGIN), ("Location", "https://next.test/"))
+    walked, _ = run(Request(ORIGIN), browser.Response(302, headers))
+    assert walked.allowed is False and walked.redirect == "https://next.test/"
+    assert walked.verdict is not None and walked.verdict.rule == "Fetch 'HTTP-redirect fetch'"

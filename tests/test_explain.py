@@ -520,10 +520,12 @@ def test_explain_function_directly() -> None:
     ex = explain(settings, request, "/api/x", host="proxy.test")
     assert isinstance(ex, Explanation)
     assert ex.allowed is False
-    assert ex.preflight_sent is True
-    assert ex.preflight_status == 403
-    assert ex.preflight_ok is False
-    assert ex.actual_sent is False
+    preflight = ex.walk.preflight
+    assert preflight is not None and preflight.sent.method == "OPTIONS"
+    assert preflight.response.status == 403
+    assert preflight.verdict is not None and preflight.verdict.ok is False
+    assert preflight.response.why == "header 'x-foo' is not allowed"
+    assert ex.walk.actual is None and ex.walk.stage == "preflight"
     assert ex.route == "api"
     assert ex.addressed_origin == "http://proxy.test"
     assert ex.fixes == ("add X-Foo to routes[0].cors.allow_headers",)
@@ -538,7 +540,7 @@ def test_https_listener_addresses_https() -> None:
     settings = dataclasses.replace(settings, tls=TLS("cert.pem", "key.pem"))
     ex = explain(settings, browser.Request("https://127.0.0.1:8443"), "/x")
     assert ex.addressed_origin == "https://127.0.0.1:8443"
-    assert ex.same_origin is True
+    assert ex.walk.same_origin is True
 
 
 # --- docs/troubleshooting.md shows real output ------------------------------------------------

@@ -1,11 +1,14 @@
-"""`explain` (no network) and `probe` (a live request) must give the same verdict.
+"""`explain` (no network) and `probe` (a live request) must give the same walk.
 
 A matrix of (config, origin, method, headers, credentials) cases runs through
 ``explain.explain`` with a config and through ``probe.probe`` against the real proxy started
 from that same config (one proxy per config), in front of an upstream that answers every
-request with permissive CORS headers of its own: an enforced route must strip them (so the
-verdicts agree), a ``report_only`` route must pass them on (so the live verdict follows the
-upstream, while ``explain`` judges the rules as if enforced and says so).
+request with permissive CORS headers of its own. Both return a ``browser.Walk``, compared
+step by step: the same requests sent, the same statuses and CORS headers answered where the
+proxy answers itself, the same verdict and reason. An enforced route must strip the
+upstream's CORS headers (so the walks agree); a ``report_only`` route must pass them on (so
+the live verdict follows the upstream, while ``explain`` judges the rules as if enforced and
+says so).
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ from conftest import ProxyFactory, Upstream
 from corsproxy.config.load import parse_settings
 from corsproxy.engine import browser
 from corsproxy.engine import headers as h
-from corsproxy.engine.explain import LISTENER_METHODS, Explanation, explain
+from corsproxy.engine.explain import LISTENER_METHODS, ProxyAnswer, explain
 from corsproxy.engine.policy import Settings
-from corsproxy.tools.probe import ProbeResult, probe
+from corsproxy.tools.probe import Reply, probe
 
 PATH = "/api/orders"
 
@@ -134,12 +137,43 @@ def requests() -> list[browser.Request]:
     ]
 
 
-def describe(name: str, request: browser.Request, ex: Explanation, live: ProbeResult) -> str:
-    return (
-        f"{name}: {request.method} origin={request.origin} headers={request.headers} "
-        f"credentials={request.credentials}: explain allowed={ex.allowed} ({ex.reason}); "
-        f"probe allowed={live.allowed} ({live.reason})"
-    )
+def cors_headers(headers: browser.HeaderList) -> list[tuple[str, str]]:
+    """What the browser's checks read of a response: Access-Control-* (and Vary)."""
+    return [(n, v) for n, v in headers if n.lower().startswith("access-control-") or n == "Vary"]
+
+
+def differences(
+    explained: browser.Walk[ProxyAnswer], live: browser.Walk[Reply], enforced: bool
+) -> list[str]:
+    """Where two walks of one request part: always in what the browser sent; on an enforced
+    route also in the verdict, its reason, and the answers the proxy makes itself."""
+    out = []
+    mine, theirs = [s.sent for s in explained.steps], [s.sent for s in live.steps]
+    if not enforced:  # the walks may part at the preflight, never before
+        mine, theirs = mine[: len(theirs)], theirs[: len(mine)]
+    if mine != theirs:
+        out.append(f"sent {mine} != {theirs}")
+    if not enforced:
+        return out
+    if (explained.allowed, explained.reason) != (live.allowed, live.reason):
+        out.append(
+            f"verdict {explained.allowed} ({explained.reason}) != {live.allowed} ({live.reason})"
+        )
+    for ours, seen in zip(explained.steps, live.steps, strict=False):
+        answer, got = ours.response, seen.response
+        if answer.forwarded:
+            if answer.expose_upstream:  # the proxy lists the upstream's names: not modelled
+                continue
+            if cors_headers(answer.headers) != cors_headers(got.headers):
+                out.append(f"forwarded {answer.headers} != {got.headers}")
+        elif (answer.status, cors_headers(answer.headers)) != (
+            got.status,
+            cors_headers(got.headers),
+        ):
+            out.append(f"answer {answer.status} {answer.headers} != {got}")
+        if ours.max_age != seen.max_age:
+            out.append(f"max_age {ours.max_age} != {seen.max_age}")
+    return out
 
 
 async def test_explain_agrees_with_probe_against_the_live_proxy(
@@ -172,12 +206,14 @@ async def test_explain_agrees_with_probe_against_the_live_proxy(
             checked += 1
             report_only = name == "report-only"
             assert ex.report_only is report_only
+            found = differences(ex.walk, live.walk, enforced=not report_only)
             # report_only: the live verdict follows the upstream, which allows everything
             # that gets past the HTTP parser.
             reaches = browser.normalise_method(request.method) in LISTENER_METHODS
-            expected = reaches if report_only else ex.allowed
-            if live.allowed is not expected or live.preflight_sent is not ex.preflight_sent:
-                disagreements.append(describe(name, request, ex, live))
+            if report_only and live.allowed is not reaches:
+                found.append(f"report_only: live allowed={live.allowed}")
+            if found:
+                disagreements.append(f"{name}: {request}: " + "; ".join(found))
 
         await asyncio.gather(*(one(request) for request in cases))
         upstream.seen.clear()
@@ -200,6 +236,8 @@ async def test_lowercase_method_is_refused_by_the_listener_and_explain_says_so(
     ex = explain(settings, request, PATH, host)
     live = await probe(f"http://{host}{PATH}", request)
     assert ex.allowed is False and live.allowed is False
+    assert differences(ex.walk, live.walk, enforced=True) == []
+    assert ex.walk.actual is not None and ex.walk.actual.response.status == 400
     assert "HTTP parser refuses the method 'patch'" in ex.reason
     assert any("'PATCH'" in fix for fix in ex.fixes)
 

@@ -457,11 +457,13 @@ async def test_probe_verdicts(server: HandSet, case: Case) -> None:
     request = browser.Request(ORIGIN, case.method, case.headers, case.credentials)
     result = await probe(server.url, request, timeout=5)
 
+    walk = result.walk
     assert result.allowed is (case.why == ""), result.reason
     assert case.why in result.reason
-    assert result.stage == case.stage
-    assert result.preflight_sent is (case.preflight is not None)
-    planned = browser.plan(request)
+    assert walk.stage == case.stage
+    assert (walk.preflight is not None) is (case.preflight is not None)
+    planned = walk.plan
+    exchanges = [(step.sent.method, step.response.status) for step in walk.steps]
 
     seen = list(server.seen)
     if case.preflight is not None:
@@ -473,11 +475,10 @@ async def test_probe_verdicts(server: HandSet, case: Case) -> None:
         assert options.get("Accept") == "*/*"
         for never in ("Cookie", "Authorization", "Content-Type", "X-Custom"):
             assert options.get(never) is None, never
-        assert result.exchanges[0][:2] == ("OPTIONS", case.preflight[0])
+        assert exchanges[0] == ("OPTIONS", case.preflight[0])
     if case.stage == "preflight":
         assert seen == [], "no actual request after a failed preflight"
-        assert len(result.exchanges) == 1
-        assert result.readable == []
+        assert len(exchanges) == 1 and walk.actual is None
         return
     (actual,) = seen
     assert actual.method == planned.method
@@ -485,9 +486,12 @@ async def test_probe_verdicts(server: HandSet, case: Case) -> None:
     for name, value in planned.headers:
         assert actual.get(name) == value
     assert actual.get("Cookie") is None
-    assert result.exchanges[-1][:2] == (planned.method, case.actual[0])
+    assert exchanges[-1] == (planned.method, case.actual[0])
+    assert walk.actual is not None
     if result.allowed and planned.method != "HEAD":
-        assert "content-type" in [n.lower() for n in result.readable]
+        assert "content-type" in [n.lower() for n in walk.actual.readable]
+    if not result.allowed:
+        assert walk.actual.readable == ()
 
 
 def test_table_is_big_enough() -> None:
@@ -527,15 +531,16 @@ async def test_probe_readable_headers(
     server.actual = (200, pairs)
     result = await probe(server.url, browser.Request(ORIGIN, credentials=credentials))
     assert result.allowed, result.reason
-    assert {n.lower() for n in result.readable} == readable
+    assert result.walk.actual is not None
+    assert {n.lower() for n in result.walk.actual.readable} == readable
 
 
 async def test_probe_reports_max_age_caps(server: HandSet) -> None:
     server.preflight = pre(204, (ACAO, ORIGIN), (ACAM, "PUT"), (ACMA, "86401"))
     server.actual = ok()
     result = await probe(server.url, browser.Request(ORIGIN, "PUT"))
-    assert result.allowed
-    assert result.max_age == (86401, 7200, 86400)
+    assert result.allowed and result.walk.preflight is not None
+    assert result.walk.preflight.max_age == (86401, 7200, 86400)
     assert "Chromium 7200 s, Firefox 86400 s" in format_text(result)
 
 
@@ -545,7 +550,7 @@ async def test_forbidden_headers_are_not_sent_and_forbidden_method_sends_nothing
     server.actual = ok()
     asked = (("Cookie", "a=1"), ("Host", "evil.test"), ("Sec-Fetch-Mode", "no-cors"))
     result = await probe(server.url, browser.Request(ORIGIN, "GET", asked))
-    assert result.allowed and not result.preflight_sent
+    assert result.allowed and result.walk.preflight is None
     assert server.seen[0].get("Cookie") is None
     assert server.seen[0].get("Sec-Fetch-Mode") is None
     assert server.seen[0].get("Host") != "evil.test"
@@ -553,9 +558,9 @@ async def test_forbidden_headers_are_not_sent_and_forbidden_method_sends_nothing
 
     server.seen.clear()
     result = await probe(server.url, browser.Request(ORIGIN, "TRACE"))
-    assert not result.allowed and result.stage == "fetch"
+    assert not result.allowed and result.walk.stage == "fetch"
     assert "forbidden method" in result.reason
-    assert server.seen == [] and result.exchanges == []
+    assert server.seen == [] and result.walk.steps == ()
 
 
 # --- the literal method on the wire: `patch` stays `patch` -----------------------------------
@@ -643,7 +648,7 @@ async def test_text_and_json_traces(server: HandSet) -> None:
     assert ["Access-Control-Request-Headers", "x-custom"] in data["exchanges"][0]["request_headers"]
     assert data["preflight"] == {
         "needed": True,
-        "reasons": list(result.plan.reasons),
+        "reasons": list(result.walk.plan.reasons),
         "sent": True,
         "max_age": {"seconds": 5, "chromium": 5, "firefox": 5},
     }

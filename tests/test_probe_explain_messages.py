@@ -22,7 +22,8 @@ from aiohttp import web
 from conftest import ProxyFactory, Upstream
 from procutil import REPO, clean_env, corsproxy_cmd, free_port, run, running, wait_port
 
-from corsproxy.config.load import Overrides, settings_from_flags
+from corsproxy.config.load import settings_from_flags
+from corsproxy.config.overrides import Overrides
 from corsproxy.engine import browser
 from corsproxy.runtime.app import start
 from corsproxy.tools import cli
@@ -151,7 +152,7 @@ async def test_probe_hints_at_another_allow_origin(no_file_proxy: str) -> None:
 async def test_probe_hints_at_allow_credentials(no_file_proxy: str) -> None:
     result = await probe(no_file_proxy, browser.Request(APP, credentials=True))
     assert not result.allowed
-    assert result.refusal == ""  # forwarded, no refusal body: the browser's words stand
+    assert result.refusal is None  # forwarded, no refusal body: the browser's words stand
     lines = format_text(result).splitlines()
     assert lines[-1] == (
         "verdict: blocked: credentials were included but Access-Control-Allow-Credentials is "
@@ -191,7 +192,8 @@ async def test_probe_shows_the_first_body_line_of_any_server() -> None:
     data = as_dict(result)
     assert data["exchanges"][0]["body_first_line"] == "token missing"
     assert data["refused_by_server"] is None and data["hints"] == []
-    assert ok.bodies == [""] and as_dict(ok)["exchanges"][0]["body_first_line"] is None
+    assert [step.response.body for step in ok.walk.steps] == [""]
+    assert as_dict(ok)["exchanges"][0]["body_first_line"] is None
 
 
 # --- finding 2: explain models serve's no-file mode -------------------------------------------

@@ -1,15 +1,17 @@
 """The browser's side of CORS, after the Fetch Standard. Pure.
 
-``explain`` runs it against the proxy's own decision engine, ``probe`` against a live
-server: both then say what a browser would do and why. Section names in the docstrings
-are the Fetch Standard's (https://fetch.spec.whatwg.org/). Where Chromium departs from the
-standard, the model follows the standard and the departure is noted.
+``walk`` is the one place the browser's steps are taken: ``explain`` drives it against the
+proxy's own decision engine, ``probe`` against a live server, so the two cannot drift
+apart. Section names in the docstrings are the Fetch Standard's
+(https://fetch.spec.whatwg.org/). Where Chromium departs from the standard, the model
+follows the standard and the departure is noted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Generic, Literal, TypeVar
 
 from corsproxy.engine import headers as h
 
@@ -34,6 +36,7 @@ _HTTP_WHITESPACE = " \t\r\n"  # Fetch "HTTP whitespace" (str.strip() would also 
 _HTTP_TAB_OR_SPACE = " \t"
 SAFELISTED_VALUE_LIMIT = 128  # per header value
 SAFELISTED_TOTAL_LIMIT = 1024  # all safelisted values together
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 DEFAULT_MAX_AGE = 5  # seconds a preflight is cached without Access-Control-Max-Age
 CHROMIUM_MAX_AGE = 7200
 FIREFOX_MAX_AGE = 86400
@@ -321,3 +324,155 @@ def readable_headers(request: Request, headers: HeaderList) -> list[str]:
 
 def names_of(headers: Iterable[tuple[str, str]]) -> list[str]:
     return [n for n, _ in headers]
+
+
+# --- the walk: one fetch(), step by step ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A request the browser sends: the CORS-preflight request or the actual one."""
+
+    method: str
+    headers: tuple[tuple[str, str], ...]
+    preflight: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A response as the browser's checks see it. Exchanges may subclass it to carry
+    their own facts (the proxy's decision, a status phrase, a body line)."""
+
+    status: int | None  # None: not known here (whatever the upstream answers)
+    headers: tuple[tuple[str, str], ...] = ()
+    known: bool = True  # False: its CORS headers are the upstream's, so nothing is judged
+
+
+R = TypeVar("R", bound=Response)
+Stage = Literal["fetch", "preflight", "actual"]  # where a walk was decided
+
+
+@dataclass(frozen=True, slots=True)
+class Step(Generic[R]):
+    """One request sent, its response, and the browser's check of it."""
+
+    sent: Sent
+    response: R
+    verdict: Verdict | None  # None: not judged (the response is not known)
+    max_age: tuple[int, int, int] | None = None  # a passed preflight's cache time
+    readable: tuple[str, ...] = ()  # an allowed response's header names JS may read
+
+
+@dataclass(frozen=True, slots=True)
+class Walk(Generic[R]):
+    """What a browser did for one fetch(): an optional preflight, then the actual request."""
+
+    request: Request
+    plan: Plan
+    preflight: Step[R] | None
+    actual: Step[R] | None
+    verdict: Verdict | None  # None: cannot tell (a response was not known)
+    stage: Stage  # "fetch": nothing was sent
+    same_origin: bool = False
+    redirect: str = ""  # the Location a browser would follow next (not followed here)
+
+    @property
+    def allowed(self) -> bool | None:
+        return None if self.verdict is None else self.verdict.ok
+
+    @property
+    def reason(self) -> str:
+        return "" if self.verdict is None else self.verdict.reason
+
+    @property
+    def steps(self) -> tuple[Step[R], ...]:
+        return tuple(s for s in (self.preflight, self.actual) if s is not None)
+
+
+def walk(request: Request, same_origin: bool = False) -> Generator[Sent, R, Walk[R]]:
+    """Fetch "main fetch" for one fetch(): yields each request the browser sends and takes
+    the response back, then returns the walk. A generator, so the engine stays pure: the
+    caller does the sending (docs/troubleshooting.md: explain and probe)."""
+    planned = plan(request)
+    if planned.forbidden_method:
+        reason = f"fetch() refuses the forbidden method {planned.method}: nothing is sent"
+        verdict = Verdict(False, reason, "Fetch 'forbidden method'")
+        return Walk(request, planned, None, None, verdict, "fetch", same_origin)
+    if same_origin:
+        return (yield from _same_origin(request, planned))
+    preflight: Step[R] | None = None
+    if planned.preflight:
+        sent = Sent("OPTIONS", planned.preflight_headers(request.origin), preflight=True)
+        response = yield sent
+        preflight = _judge_preflight(request, planned, sent, response)
+        # An unknown answer (cors: passthrough) is not judged: the walk goes on, verdict None.
+        if preflight.verdict is not None and not preflight.verdict.ok:
+            failed = _preflight_failure(preflight.verdict, response.status)
+            return Walk(request, planned, preflight, None, failed, "preflight")
+    sent = Sent(planned.method, ((h.ORIGIN, request.origin), *planned.headers))
+    response = yield sent
+    if not response.known or (preflight is not None and preflight.verdict is None):
+        return Walk(request, planned, preflight, Step(sent, response, None), None, "actual")
+    check = cors_check(request, response.headers)
+    location = get_combined(response.headers, "Location")
+    if response.status in REDIRECT_STATUSES and location is not None:
+        # Fetch "HTTP-redirect fetch": the CORS check runs on the redirect itself.
+        actual = Step(sent, response, check)
+        if not check.ok:
+            why = f"{check.reason} (on the {response.status} redirect response)"
+            return Walk(
+                request, planned, preflight, actual, Verdict(False, why, check.rule), "actual"
+            )
+        why = (
+            f"not verified: the server redirects ({response.status}) to {location}; the "
+            "redirect passes the CORS check, but what the page reads is the next response: "
+            "probe that URL"
+        )
+        verdict = Verdict(False, why, "Fetch 'HTTP-redirect fetch'")
+        return Walk(request, planned, preflight, actual, verdict, "actual", redirect=location)
+    readable = tuple(readable_headers(request, response.headers)) if check.ok else ()
+    actual = Step(sent, response, check, readable=readable)
+    return Walk(request, planned, preflight, actual, check, "actual")
+
+
+def _same_origin(request: Request, planned: Plan) -> Generator[Sent, R, Walk[R]]:
+    """Fetch "main fetch": a same-origin request is a basic fetch, no CORS check; Origin
+    goes only on methods other than GET and HEAD ("append a request Origin header")."""
+    origin = () if planned.method in ("GET", "HEAD") else ((h.ORIGIN, request.origin),)
+    sent = Sent(planned.method, (*origin, *planned.headers))
+    response = yield sent
+    verdict = Verdict(True, "", "Fetch 'main fetch': same origin, no CORS check")
+    names = tuple(n for n, _ in response.headers if n.lower() not in FORBIDDEN_RESPONSE)
+    actual = Step(sent, response, verdict, readable=names)
+    return Walk(request, planned, None, actual, verdict, "actual", same_origin=True)
+
+
+def _judge_preflight(request: Request, planned: Plan, sent: Sent, response: R) -> Step[R]:
+    if not response.known or response.status is None:
+        return Step(sent, response, None)
+    verdict = judge_preflight(request, planned, response.status, response.headers)
+    max_age = preflight_max_age(response.headers) if verdict.ok else None
+    return Step(sent, response, verdict, max_age=max_age)
+
+
+def _preflight_failure(verdict: Verdict, status: int | None) -> Verdict:
+    """The walk's verdict on a failed preflight: named as the preflight's, in the words the
+    console uses."""
+    reason = verdict.reason
+    if not reason.startswith("preflight"):
+        reason = f"preflight: {reason}"
+    if status in REDIRECT_STATUSES:
+        reason += " (a browser never follows a redirect on a preflight)"
+    return Verdict(False, reason, verdict.rule)
+
+
+def drive(steps: Generator[Sent, R, Walk[R]], answer: Callable[[Sent], R]) -> Walk[R]:
+    """Run a walk to its end, ``answer`` giving each response (explain: the proxy's
+    decision engine; probe drives the same generator from async code)."""
+    response: R | None = None
+    while True:
+        try:
+            sent = next(steps) if response is None else steps.send(response)
+        except StopIteration as done:
+            return done.value
+        response = answer(sent)

@@ -1,13 +1,12 @@
-"""``corsproxy explain``: the browser model (``browser``) against the proxy's own decision
-engine (``cors``), with no network. Pure: no sockets, no aiohttp.
+"""``corsproxy explain``: the browser's walk (``browser.walk``) against the proxy's own
+decision engine (``cors.decide``), with no network. Pure: no sockets, no aiohttp.
 
-It follows one request the way a browser and the proxy would handle it: the path is
-normalised and the route matched as the proxy does; ``browser.plan`` says whether a preflight
-goes first and what it carries; ``cors.decide`` gives the proxy's answer, turned into the
-status and headers the proxy would send; ``browser.judge_preflight`` and ``browser.cors_check``
-give the verdict. On a block it names the smallest config change that would allow the request
-(or why none should). ``report_only`` routes are judged as if enforced; ``passthrough`` routes
-cannot be judged (the upstream decides).
+The path is normalised and the route matched as the proxy does; the walk sends what the
+browser would, and ``ProxyExchange`` answers each request with the status and headers the
+proxy would send. On a block it names the smallest config change that would allow the
+request (or why none should). ``report_only`` routes are judged as if enforced;
+``passthrough`` routes cannot be judged (the upstream decides). docs/troubleshooting.md
+shows the output.
 """
 
 from __future__ import annotations
@@ -55,58 +54,104 @@ SAFELISTED_RESPONSE_NAMES = (
 NO_FIX_FOR_PATH = (
     "no config change helps: the proxy refuses this path for every client; fix the path"
 )
+PASSTHROUGH_REASON = (
+    "cors: passthrough: the proxy adds and removes nothing; the upstream decides "
+    "(try corsproxy probe against it)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyAnswer(browser.Response):
+    """What the proxy would send back for one request, and the decision behind it."""
+
+    decision: Decision | None = None  # None: not CORS or passthrough, nothing decided
+
+    @property
+    def forwarded(self) -> bool:
+        """To the upstream, which answers the status; else the proxy answers itself."""
+        return self.status is None
+
+    @property
+    def why(self) -> str:
+        """The checks the request failed (a 403 body names them); "" when none did, and for
+        a preflight the proxy did not refuse (report_only forwards it untouched)."""
+        decision = self.decision
+        if decision is None:
+            return ""
+        if decision.kind is Kind.PREFLIGHT and decision.verdict is not Verdict.REJECTED:
+            return ""
+        return decision.reason
+
+    @property
+    def expose_upstream(self) -> bool:
+        """expose_headers ["*"] with credentials: the upstream's names listed, unknown here."""
+        return self.forwarded and self.decision is not None and self.decision.expose_upstream
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyExchange:
+    """Answers the walk's requests as ``serve`` would, from the proxy's decision engine."""
+
+    policy: Policy | None  # None: cors: passthrough
+    addressed: str
+    bad_path: bool  # answered 400 (docs/configuration.md#what-the-proxy-does-to-the-request-path)
+    same_origin: bool
+
+    def answer(self, sent: browser.Sent) -> ProxyAnswer:
+        refused = 400 if self.bad_path else None
+        if self.same_origin:
+            return ProxyAnswer(refused)  # not CORS: the browser reads no CORS header
+        if self.policy is None:
+            return ProxyAnswer(None if sent.preflight else refused, known=False)
+        origins = tuple(v for n, v in sent.headers if n.lower() == h.ORIGIN.lower())
+        if sent.preflight:
+            facts = RequestFacts(
+                "OPTIONS",
+                origins,
+                self.addressed,
+                request_method=browser.get_combined(sent.headers, h.AC_REQUEST_METHOD),
+                request_headers=browser.get_combined(sent.headers, h.AC_REQUEST_HEADERS),
+            )
+            decision = decide(self.policy, facts)
+            if self.bad_path:
+                return ProxyAnswer(400, vary_only(decision), decision=decision)
+            return ProxyAnswer(*answer_of(decision), decision=decision)
+        decision = decide(self.policy, RequestFacts(sent.method, origins, self.addressed))
+        if sent.method not in LISTENER_METHODS:
+            # Refused by the HTTP parser before any rule is read: a 400 with no CORS headers.
+            return ProxyAnswer(400, (), decision=decision)
+        if self.bad_path:
+            return ProxyAnswer(400, error_headers(decision), decision=decision)
+        if decision.action is Action.ANSWER:
+            return ProxyAnswer(*answer_of(decision), decision=decision)
+        return ProxyAnswer(None, with_vary(decision.headers, decision.vary), decision=decision)
 
 
 @dataclass(frozen=True, slots=True)
 class Explanation:
-    """What a browser would see for one request through the proxy, and why."""
+    """What a browser would see for one request through the proxy, and why: the walk, and
+    what only the proxy's side knows (route, policy, fixes)."""
 
+    walk: browser.Walk[ProxyAnswer]
     allowed: bool | None  # None: cannot tell (a passthrough route: the upstream decides)
-    reason: str  # the verdict's reason, in the browser's terms
+    reason: str  # the verdict's reason, in the browser's terms or the proxy's
     route: str  # the matched route's name
     route_key: str  # "routes[1]", or "defaults" for the catch-all
     route_path: str  # its path pattern, "" for the catch-all
     policy: tuple[tuple[str, Any], ...]  # the effective policy, key by key; () for passthrough
     passthrough: bool
     report_only: bool  # judged as if enforced
-    origin: str
-    method: str  # as the browser sends it (normalised)
     path: str  # as the proxy routes it (normalised), or as given when it is refused
-    credentials: bool
-    request_headers: Headers  # what the page's request carries, forbidden names dropped
-    dropped_headers: tuple[str, ...]  # forbidden names fetch() drops silently
     addressed_origin: str  # scheme://host[:port] of the proxy as addressed
-    same_origin: bool
     bad_path: str  # why the proxy answers 400, "" when the path is fine
-    preflight_sent: bool
-    preflight_reasons: tuple[str, ...]
-    preflight_request: Headers
-    preflight_status: int | None
-    preflight_headers: Headers  # the proxy's answer: CORS headers and Vary
-    preflight_proxy_reason: str  # why the proxy refused it
-    preflight_ok: bool | None  # the browser's verdict on it; None when not sent
-    preflight_reason: str
-    preflight_max_age: tuple[int, int, int] | None  # (as sent, Chromium, Firefox) seconds
-    actual_sent: bool
-    actual_forwarded: bool  # False: the proxy answers itself (actual_status)
-    actual_status: int | None  # None: whatever the upstream answers
-    actual_headers: Headers  # the CORS headers (and Vary) the proxy puts on the response
-    actual_proxy_reason: str
-    expose_upstream: bool  # expose_headers ["*"] with credentials: upstream names listed
-    readable: tuple[str, ...]  # response header names JS may read (of those known)
-    readable_note: str
-    fixes: tuple[str, ...]
-    notes: tuple[str, ...]
+    readable: tuple[str, ...] = ()  # response header names JS may read (of those known)
+    readable_note: str = ""
+    fixes: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def exit_code(self) -> int:
         return 3 if self.allowed is None else 0 if self.allowed else 1
-
-
-# --- building the request from command-line values ---------------------------------
-
-
-# --- the explanation ---------------------------------------------------------------
 
 
 def explain(
@@ -143,167 +188,85 @@ def explain(
     if not host_given and any(r.host is not None for r in settings.table.routes):
         notes.append("routes with a host: key match only when --host names that host")
     index = route_index(settings, route)
-    key = "defaults" if index is None else f"routes[{index}]"
-    planned = browser.plan(request)
     same_origin = request.origin == addressed
-    base: dict[str, Any] = {
-        "route": route.name,
-        "route_key": key,
-        "route_path": route.pattern.text if route.pattern is not None else "",
-        "policy": (),
-        "passthrough": route.policy is None,
-        "report_only": False,
-        "origin": request.origin,
-        "method": planned.method,
-        "path": shown_path,
-        "credentials": request.credentials,
-        "request_headers": planned.headers,
-        "dropped_headers": planned.dropped,
-        "addressed_origin": addressed,
-        "same_origin": same_origin,
-        "bad_path": bad_path,
-        "preflight_sent": False,
-        "preflight_reasons": (),
-        "preflight_request": (),
-        "preflight_status": None,
-        "preflight_headers": (),
-        "preflight_proxy_reason": "",
-        "preflight_ok": None,
-        "preflight_reason": "",
-        "preflight_max_age": None,
-        "actual_sent": False,
-        "actual_forwarded": False,
-        "actual_status": None,
-        "actual_headers": (),
-        "actual_proxy_reason": "",
-        "expose_upstream": False,
-        "readable": (),
-        "readable_note": "",
-        "fixes": (),
-        "notes": (),
-    }
-
-    def finish(**changes: Any) -> Explanation:
-        return Explanation(**{**base, "notes": tuple(notes), **changes})
-
+    policy = route.policy
+    if policy is not None and policy.report_only and not bad_path:
+        policy = dataclasses.replace(policy, report_only=False)  # judged as if enforced
+    exchange = ProxyExchange(policy, addressed, bool(bad_path), same_origin)
+    walked = browser.drive(browser.walk(request, same_origin), exchange.answer)
+    planned = walked.plan
     if planned.dropped:
         notes.append(
             "fetch() silently drops headers a page may not set: " + ", ".join(planned.dropped)
         )
-    if route.policy is not None:
-        base["policy"] = tuple((k, v) for k, v, _ in effective_policy(settings, index))
     if planned.forbidden_method:
         notes.append("no config change can allow it: browsers never send this method")
-        return finish(
-            allowed=False,
-            reason=f"fetch() refuses the forbidden method {request.method}: nothing is sent",
-        )
-    if same_origin:
-        return finish(
-            allowed=True,
-            reason=f"same-origin request ({addressed}): not CORS, the browser checks nothing",
-            actual_sent=True,
-            actual_forwarded=not bad_path,
-            actual_status=400 if bad_path else None,
-            readable_note="every response header but Set-Cookie (same-origin)",
-        )
-    if planned.preflight:
-        base["preflight_sent"] = True
-        base["preflight_reasons"] = planned.reasons
-        base["preflight_request"] = planned.preflight_headers(request.origin)
-    if route.policy is None:
-        return finish(
-            allowed=None,
-            reason="cors: passthrough: the proxy adds and removes nothing; the upstream decides "
-            "(try corsproxy probe against it)",
-            actual_sent=True,
-            actual_forwarded=not bad_path,
-            actual_status=400 if bad_path else None,
-        )
-    policy = route.policy
-    if policy.report_only and not bad_path:
-        base["report_only"] = True
+    cors = not planned.forbidden_method and not same_origin
+    report_only = cors and route.policy is not None and route.policy.report_only and not bad_path
+    if report_only:
         notes.append(
             "report_only: the proxy really forwards this untouched, preflight included, and "
             "the upstream's own CORS headers decide; judged here as if the rules were enforced"
         )
-        policy = dataclasses.replace(policy, report_only=False)
-    fixer = Fixer(settings, index, request, planned, policy, origins_from, no_file)
-
-    if planned.preflight:
-        facts = RequestFacts(
-            "OPTIONS",
-            (request.origin,),
-            addressed,
-            request_method=planned.method,
-            request_headers=browser.get_combined(base["preflight_request"], h.AC_REQUEST_HEADERS),
+    ex = Explanation(
+        walk=walked,
+        allowed=walked.allowed,
+        reason=walked.reason,
+        route=route.name,
+        route_key="defaults" if index is None else f"routes[{index}]",
+        route_path=route.pattern.text if route.pattern is not None else "",
+        policy=tuple((k, v) for k, v, _ in effective_policy(settings, index))
+        if route.policy is not None
+        else (),
+        passthrough=route.policy is None,
+        report_only=report_only,
+        path=shown_path,
+        addressed_origin=addressed,
+        bad_path=bad_path,
+        notes=tuple(notes),
+    )
+    if walked.stage == "fetch":
+        return ex
+    if same_origin:
+        return dataclasses.replace(
+            ex,
+            reason=f"same-origin request ({addressed}): not CORS, the browser checks nothing",
+            readable_note="every response header but Set-Cookie (same-origin)",
         )
-        decision = decide(policy, facts)
-        if bad_path:
-            status, headers = 400, vary_only(decision)
-        else:
-            status, headers = answer_of(decision)
-        verdict = browser.judge_preflight(request, planned, status, headers)
-        base.update(
-            preflight_status=status,
-            preflight_headers=headers,
-            preflight_proxy_reason=decision.reason if decision.verdict is Verdict.REJECTED else "",
-            preflight_ok=verdict.ok,
-            preflight_reason=verdict.reason,
-            preflight_max_age=browser.preflight_max_age(headers) if verdict.ok else None,
-        )
-        if not verdict.ok:
-            return finish(
-                allowed=False,
-                reason=verdict.reason,
-                fixes=(NO_FIX_FOR_PATH,) if bad_path else fixer.fixes(),
-            )
-
-    decision = decide(policy, RequestFacts(planned.method, (request.origin,), addressed))
-    base["actual_sent"] = True
-    base["actual_proxy_reason"] = decision.reason
-    if planned.method not in LISTENER_METHODS:
-        # Refused by the HTTP parser before any rule is read: a 400 with no CORS headers.
-        base.update(actual_status=400, actual_headers=())
-        upper = planned.method.upper()
-        fix = (
-            f"call fetch() with method '{upper}': browsers send '{planned.method}' as written "
-            "and the proxy's HTTP parser only takes the registered methods in uppercase"
-            if upper in LISTENER_METHODS
-            else f"use a registered HTTP method: the proxy's HTTP parser refuses '{planned.method}'"
-        )
-        return finish(
-            allowed=False,
-            reason=f"the proxy answers 400: its HTTP parser refuses the method "
-            f"'{planned.method}' before any CORS rule is read",
-            fixes=(fix,),
-        )
-    if bad_path:
-        base.update(actual_status=400, actual_headers=error_headers(decision))
-    elif decision.action is Action.ANSWER:
-        status, headers = answer_of(decision)
-        base.update(actual_status=status, actual_headers=headers)
-    else:
-        base.update(
-            actual_forwarded=True,
-            actual_headers=with_vary(decision.headers, decision.vary),
-            expose_upstream=decision.expose_upstream,
-        )
-    check = browser.cors_check(request, base["actual_headers"])
-    if not check.ok:
-        return finish(
-            allowed=False,
-            reason=check.reason,
-            fixes=(NO_FIX_FOR_PATH,) if bad_path else fixer.fixes(),
-        )
-    readable, note = readable_of(request, policy, base["actual_headers"], decision)
+    if walked.verdict is None or policy is None:
+        return dataclasses.replace(ex, allowed=None, reason=PASSTHROUGH_REASON)
+    actual = walked.actual
+    if actual is not None and actual.sent.method not in LISTENER_METHODS:
+        reason, fix = parser_refusal(actual.sent.method)
+        return dataclasses.replace(ex, reason=reason, fixes=(fix,))
+    if not walked.allowed or actual is None:
+        fixer = Fixer(settings, index, request, planned, policy, origins_from, no_file)
+        return dataclasses.replace(ex, fixes=(NO_FIX_FOR_PATH,) if bad_path else fixer.fixes())
+    readable, note = readable_of(request, policy, actual.response)
     passes = "the response passes the browser's CORS check"
-    return finish(
-        allowed=True,
+    return dataclasses.replace(
+        ex,
         reason=f"the page can read the proxy's 400 answer ({passes})" if bad_path else passes,
         readable=readable,
         readable_note=note,
     )
+
+
+def parser_refusal(method: str) -> tuple[str, str]:
+    """Why and the fix when the listener's HTTP parser refuses the method (a 400 before
+    any CORS rule: LISTENER_METHODS)."""
+    upper = method.upper()
+    fix = (
+        f"call fetch() with method '{upper}': browsers send '{method}' as written "
+        "and the proxy's HTTP parser only takes the registered methods in uppercase"
+        if upper in LISTENER_METHODS
+        else f"use a registered HTTP method: the proxy's HTTP parser refuses '{method}'"
+    )
+    reason = (
+        f"the proxy answers 400: its HTTP parser refuses the method '{method}' before any "
+        "CORS rule is read"
+    )
+    return reason, fix
 
 
 # The request methods the listener's HTTP parser (llhttp, through httptools) takes; any
@@ -357,7 +320,8 @@ def route_index(settings: Settings, route: Route) -> int | None:
 
 
 def answer_of(decision: Decision) -> tuple[int, Headers]:
-    """The status and CORS headers of an answer the proxy makes itself (``proxy.answer``)."""
+    """The status and CORS headers of an answer the proxy makes itself
+    (``http.proxy.answer_parts``)."""
     return decision.status, with_vary(decision.headers, decision.vary)
 
 
@@ -377,12 +341,13 @@ def with_vary(headers: Headers, vary: Sequence[str]) -> Headers:
 
 
 def readable_of(
-    request: browser.Request, policy: Policy, headers: Headers, decision: Decision
+    request: browser.Request, policy: Policy, answer: ProxyAnswer
 ) -> tuple[tuple[str, ...], str]:
     """Which response header names the page's JS may read, as far as known without the
     upstream's response: the safelisted names plus what the proxy exposes."""
     unknown = "the upstream's own headers are unknown without network"
-    if decision.kind is Kind.NONE:
+    decision = answer.decision
+    if decision is None or decision.kind is Kind.NONE:
         return (), "every response header but Set-Cookie (not a CORS request)"
     if decision.expose_upstream:
         return (), (
@@ -393,7 +358,7 @@ def readable_of(
     if policy.expose_any and not request.credentials:
         return (), "every response header but Set-Cookie (Access-Control-Expose-Headers: *)"
     exposed = h.split_list(policy.expose_value or "")
-    candidates = [*headers, *((n, "") for n in SAFELISTED_RESPONSE_NAMES)]
+    candidates = [*answer.headers, *((n, "") for n in SAFELISTED_RESPONSE_NAMES)]
     candidates += [(n, "") for n in exposed]
     readable = tuple(browser.readable_headers(request, candidates))
     return readable, f"of the response's headers, these names only; {unknown}"
@@ -553,22 +518,27 @@ def policy_lines(ex: Explanation) -> list[str]:
 
 
 def format_text(ex: Explanation) -> str:
+    walk = ex.walk
+    request, planned = walk.request, walk.plan
     where = ex.route_key
     if not ex.route_path:
         where += ", no route matched"
     elif ex.route_path != ex.route:
         where += f", path {ex.route_path}"
     lines = [f"route: {ex.route} ({where})", *policy_lines(ex)]
-    extra = ", credentials: include" if ex.credentials else ""
-    lines.append(f"request: {ex.method} {ex.path} from {ex.origin} to {ex.addressed_origin}{extra}")
-    lines += [f"  {n}: {v}" for n, v in ex.request_headers]
+    extra = ", credentials: include" if request.credentials else ""
+    lines.append(
+        f"request: {planned.method} {ex.path} from {request.origin} to {ex.addressed_origin}"
+        + extra
+    )
+    lines += [f"  {n}: {v}" for n, v in planned.headers]
     lines += [f"note: {note}" for note in ex.notes]
     if ex.bad_path:
         lines.append(f"path: the proxy answers 400 Bad Request ({ex.bad_path}), never forwards")
-    if ex.method.upper() not in browser.FORBIDDEN_METHODS:
+    if not planned.forbidden_method:
         lines += preflight_lines(ex)
-    if ex.actual_sent and ex.allowed is not None and not ex.same_origin:
-        lines += actual_lines(ex)
+    if walk.actual is not None and ex.allowed is not None and not walk.same_origin:
+        lines += actual_lines(ex, walk.actual)
     if ex.allowed is None:
         lines.append(f"verdict: cannot tell: {ex.reason}")
     elif ex.allowed:
@@ -586,56 +556,107 @@ def format_text(ex: Explanation) -> str:
 
 
 def preflight_lines(ex: Explanation) -> list[str]:
-    if ex.same_origin:
+    step = ex.walk.preflight
+    if ex.walk.same_origin:
         return ["preflight: not sent (same-origin request)"]
-    if not ex.preflight_sent:
+    if step is None:
         return ["preflight: not sent (a CORS-safelisted method and only CORS-safelisted headers)"]
-    lines = ["preflight: sent because " + "; ".join(ex.preflight_reasons)]
+    lines = ["preflight: sent because " + "; ".join(ex.walk.plan.reasons)]
     lines.append(f"  > OPTIONS {ex.path}")
-    lines += [f"  > {n}: {v}" for n, v in ex.preflight_request]
-    if ex.passthrough:
+    lines += [f"  > {n}: {v}" for n, v in step.sent.headers]
+    answer = step.response
+    if not answer.known:
         return [*lines, "  < (the upstream answers it)"]
-    if ex.preflight_status is None:
+    if step.verdict is None:
         return lines
-    lines.append(f"  < {ex.preflight_status}")
-    lines += [f"  < {n}: {v}" for n, v in ex.preflight_headers]
-    if ex.preflight_proxy_reason:
-        lines.append(f"  < (body) CORS preflight rejected: {ex.preflight_proxy_reason}")
-    if ex.preflight_ok:
-        as_sent, chromium, firefox = ex.preflight_max_age or (0, 0, 0)
+    lines.append(f"  < {answer.status}")
+    lines += [f"  < {n}: {v}" for n, v in answer.headers]
+    if answer.why:
+        lines.append(f"  < (body) CORS preflight rejected: {answer.why}")
+    if step.verdict.ok:
+        as_sent, chromium, firefox = step.max_age or (0, 0, 0)
         lines.append(
             f"  browser: preflight passes (cached {as_sent} s: Chromium {chromium} s, "
             f"Firefox {firefox} s)"
         )
     else:
-        why = ex.preflight_reason.removeprefix("preflight: ")
+        why = step.verdict.reason.removeprefix("preflight: ")
         lines.append(f"  browser: preflight fails: {why}")
     return lines
 
 
-def actual_lines(ex: Explanation) -> list[str]:
-    if ex.actual_forwarded:
-        head = f"actual: {ex.method} {ex.path}: forwarded; the proxy sets on the response:"
-        if ex.actual_proxy_reason:
+def actual_lines(ex: Explanation, step: browser.Step[ProxyAnswer]) -> list[str]:
+    answer, method = step.response, step.sent.method
+    if answer.forwarded:
+        head = f"actual: {method} {ex.path}: forwarded; the proxy sets on the response:"
+        if answer.why:
             head = (
-                f"actual: {ex.method} {ex.path}: not allowed ({ex.actual_proxy_reason}) but "
+                f"actual: {method} {ex.path}: not allowed ({answer.why}) but "
                 "forwarded (on_disallowed: forward), with no CORS headers:"
             )
     else:
-        head = f"actual: {ex.method} {ex.path}: the proxy answers {ex.actual_status}:"
+        head = f"actual: {method} {ex.path}: the proxy answers {answer.status}:"
     lines = [head]
-    lines += [f"  < {n}: {v}" for n, v in ex.actual_headers]
-    if ex.actual_status == 403 and ex.actual_proxy_reason:
-        lines.append(f"  < (body) CORS request rejected: {ex.actual_proxy_reason}")
-    if ex.expose_upstream:
+    lines += [f"  < {n}: {v}" for n, v in answer.headers]
+    if answer.status == 403 and answer.why:
+        lines.append(f"  < (body) CORS request rejected: {answer.why}")
+    if answer.expose_upstream:
         lines.append(f"  < {h.AC_EXPOSE_HEADERS}: (the upstream response's header names)")
     return lines
 
 
+def as_dict(ex: Explanation) -> dict[str, Any]:
+    """The JSON object: the walk's two steps, flattened as ``preflight_*`` and ``actual_*``
+    keys (the --json shape docs/troubleshooting.md promises)."""
+    walk = ex.walk
+    request, planned = walk.request, walk.plan
+    pre, actual = walk.preflight, walk.actual
+    pre_answer = pre.response if pre is not None else None
+    answer = actual.response if actual is not None else None
+    return {
+        "allowed": ex.allowed,
+        "reason": ex.reason,
+        "route": ex.route,
+        "route_key": ex.route_key,
+        "route_path": ex.route_path,
+        "policy": dict(ex.policy),
+        "passthrough": ex.passthrough,
+        "report_only": ex.report_only,
+        "origin": request.origin,
+        "method": planned.method,
+        "path": ex.path,
+        "credentials": request.credentials,
+        "request_headers": pairs(planned.headers),
+        "dropped_headers": list(planned.dropped),
+        "addressed_origin": ex.addressed_origin,
+        "same_origin": walk.same_origin,
+        "bad_path": ex.bad_path,
+        "preflight_sent": pre is not None,
+        "preflight_reasons": list(planned.reasons) if pre is not None else [],
+        "preflight_request": pairs(pre.sent.headers) if pre is not None else [],
+        "preflight_status": pre_answer.status if pre_answer is not None else None,
+        "preflight_headers": pairs(pre_answer.headers) if pre_answer is not None else [],
+        "preflight_proxy_reason": pre_answer.why if pre_answer is not None else "",
+        "preflight_ok": pre.verdict.ok if pre is not None and pre.verdict else None,
+        "preflight_reason": pre.verdict.reason if pre is not None and pre.verdict else "",
+        "preflight_max_age": list(pre.max_age) if pre is not None and pre.max_age else None,
+        "actual_sent": actual is not None,
+        "actual_forwarded": answer.forwarded if answer is not None else False,
+        "actual_status": answer.status if answer is not None else None,
+        "actual_headers": pairs(answer.headers) if answer is not None else [],
+        "actual_proxy_reason": answer.why if answer is not None else "",
+        "expose_upstream": answer.expose_upstream if answer is not None else False,
+        "readable": list(ex.readable),
+        "readable_note": ex.readable_note,
+        "fixes": list(ex.fixes),
+        "notes": list(ex.notes),
+        "exit_code": ex.exit_code,
+    }
+
+
+def pairs(headers: Headers) -> list[list[str]]:
+    return [[n, v] for n, v in headers]
+
+
 def to_json(ex: Explanation) -> str:
-    data = dataclasses.asdict(ex)
-    data["policy"] = dict(ex.policy)
-    for key in ("request_headers", "preflight_request", "preflight_headers", "actual_headers"):
-        data[key] = [[n, v] for n, v in getattr(ex, key)]
-    data["exit_code"] = ex.exit_code
-    return json.dumps(data, indent=2)
+    return json.dumps(as_dict(ex), indent=2)

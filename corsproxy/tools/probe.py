@@ -1,9 +1,10 @@
-"""``corsproxy probe``: the browser model (``browser``) against a live server (README.md).
+"""``corsproxy probe``: the browser's walk (``browser.walk``) against a live server
+(README.md, docs/troubleshooting.md).
 
 Sends what a browser would send for a page's fetch(): the CORS-preflight request when the
 browser would send one (exactly ``Plan.preflight_headers()``, never credentials), then, if
-that passes, the actual request with ``Origin`` and the page's headers; judges each response
-with the Fetch Standard's rules and says which response headers JavaScript may read.
+that passes, the actual request with ``Origin`` and the page's headers. The walk judges each
+response and says which response headers JavaScript may read; this module only sends.
 
 No cookie jar, no redirects followed (Fetch never follows one on a preflight; on the actual
 request the redirect is reported), methods sent exactly as normalised (``patch`` stays
@@ -16,7 +17,7 @@ import asyncio
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -24,13 +25,10 @@ from yarl import URL
 
 from corsproxy import __version__
 from corsproxy.engine import browser
-from corsproxy.engine import headers as h
 
 Headers = tuple[tuple[str, str], ...]
-Exchange = tuple[str, int, Headers]  # (method sent, response status, response headers)
 
 USER_AGENT = f"corsproxy-probe/{__version__}"
-REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # How corsproxy's refusal bodies start (proxy.answer_parts): the rest names the failed checks.
 REFUSAL_PREFIXES = (
     ("CORS preflight rejected: ", "the preflight"),
@@ -48,27 +46,45 @@ class ProbeError(Exception):
     """Nothing to judge: a bad URL, a refused connection, a timeout, a broken answer."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
+class Reply(browser.Response):
+    """A live response: every header as received, and what a person sees of it."""
+
+    phrase: str = ""  # the HTTP reason phrase
+    body: str = ""  # the first line of a non-2xx body
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A corsproxy refusal body that named the failed checks."""
+
+    step: str  # "preflight" or "actual": whose body it was
+    checks: str  # "header 'x-trace-id' is not allowed"
+    body: str  # that body's first line, as sent
+
+
+@dataclass(frozen=True, slots=True)
 class ProbeResult:
+    """The walk against the server at ``url``, and what the server's words add to it."""
+
     url: str
-    request: browser.Request
-    plan: browser.Plan
-    allowed: bool
-    reason: str  # empty when allowed
-    preflight_sent: bool
-    exchanges: list[Exchange]
-    readable: list[str]  # response header names the page's JavaScript can read
-    rule: str = ""  # the Fetch Standard step the verdict follows
-    stage: str = ""  # where it was decided: "fetch" (nothing sent), "preflight", "actual"
-    sent: list[tuple[str, Headers]] = field(default_factory=list)  # (method, request headers)
-    reasons: list[str] = field(default_factory=list)  # HTTP reason phrases, per exchange
-    notes: list[str] = field(default_factory=list)
-    max_age: tuple[int, int, int] | None = None  # a passed preflight's cache time
-    bodies: list[str] = field(default_factory=list)  # first line of a non-2xx body, per exchange
-    refusal: str = ""  # the checks a corsproxy refusal body names, when it decided the verdict
-    refused_step: str = ""  # "preflight" or "actual": whose body named them
-    refused_body: str = ""  # that body's first line, as sent
-    hints: list[str] = field(default_factory=list)  # where the fix probably is
+    walk: browser.Walk[Reply]
+    notes: tuple[str, ...] = ()
+    refusal: Refusal | None = None
+    hints: tuple[str, ...] = ()  # where the fix probably is
+
+    @property
+    def request(self) -> browser.Request:
+        return self.walk.request
+
+    @property
+    def allowed(self) -> bool:
+        return self.walk.allowed is True
+
+    @property
+    def reason(self) -> str:
+        """The browser's reason for blocking ("" when allowed)."""
+        return self.walk.reason
 
     @property
     def cause(self) -> str:
@@ -76,12 +92,12 @@ class ProbeResult:
         the browser's ("" when allowed)."""
         if self.allowed:
             return ""
-        if self.refusal:
-            what = "the preflight" if self.refused_step == "preflight" else "the request"
+        if self.refusal is not None:
+            what = "the preflight" if self.refusal.step == "preflight" else "the request"
             for prefix, named in REFUSAL_PREFIXES:
-                if self.refused_body.startswith(prefix):
+                if self.refusal.body.startswith(prefix):
                     what = named
-            return f"the server refused {what}: {self.refusal}"
+            return f"the server refused {what}: {self.refusal.checks}"
         return self.reason
 
     @property
@@ -140,18 +156,17 @@ async def _first_body_line(response: aiohttp.ClientResponse) -> str:
 
 
 async def _send(
-    session: aiohttp.ClientSession, method: str, url: URL, headers: Headers, timeout: float
-) -> tuple[int, str, Headers, str]:
+    session: aiohttp.ClientSession, sent: browser.Sent, url: URL, timeout: float
+) -> Reply:
+    method = sent.method
+    headers = [*sent.headers, ("User-Agent", USER_AGENT)]
     try:
-        async with session.request(
-            method, url, headers=list(headers), allow_redirects=False
-        ) as response:
+        async with session.request(method, url, headers=headers, allow_redirects=False) as got:
             raw = tuple(
-                (name.decode("latin-1"), value.decode("latin-1"))
-                for name, value in response.raw_headers
+                (name.decode("latin-1"), value.decode("latin-1")) for name, value in got.raw_headers
             )
-            body = await _first_body_line(response)
-            return response.status, response.reason or "", raw, body
+            body = await _first_body_line(got)
+            return Reply(got.status, raw, phrase=got.reason or "", body=body)
     except TimeoutError:
         raise ProbeError(f"{method} {url}: no answer within {timeout:g} s") from None
     except aiohttp.ClientConnectorError as exc:
@@ -167,128 +182,57 @@ async def probe(url: str, request: browser.Request, timeout: float = 10.0) -> Pr
 
     Raises ProbeError when there is nothing to judge (bad URL, no connection, timeout)."""
     target = check_url(url)
-    planned = browser.plan(request)
-    notes = []
-    if planned.dropped:
-        notes.append(
-            "fetch() drops forbidden request headers, not sent: " + ", ".join(planned.dropped)
-        )
-    if planned.forbidden_method:
-        return ProbeResult(
-            url,
-            request,
-            planned,
-            allowed=False,
-            reason=f"fetch() refuses the forbidden method {planned.method}: nothing is sent",
-            preflight_sent=False,
-            exchanges=[],
-            readable=[],
-            rule="Fetch 'forbidden method'",
-            stage="fetch",
-            notes=notes,
-        )
-    if request.credentials:
-        notes.append(
-            "credentials: include (probe has no cookies to send; the checks are a "
-            "credentialed request's)"
-        )
-    exchanges: list[Exchange] = []
-    sent: list[tuple[str, Headers]] = []
-    phrases: list[str] = []
-    max_age = None
     session = aiohttp.ClientSession(
         cookie_jar=aiohttp.DummyCookieJar(),
         timeout=aiohttp.ClientTimeout(total=timeout),
         skip_auto_headers=("Accept-Encoding", "Content-Type", "User-Agent"),
-        request_class=_literal_method_request(planned.method),
+        request_class=_literal_method_request(browser.normalise_method(request.method)),
         auto_decompress=False,
     )
-
-    bodies: list[str] = []
-
-    def result(
-        allowed: bool, reason: str, rule: str, stage: str, readable: list[str]
-    ) -> ProbeResult:
-        refusal = refused_body = ""
-        if not allowed and exchanges and stage in ("preflight", "actual"):
-            refused_body = bodies[-1]
-            refusal = refusal_checks(exchanges[-1][1], refused_body)
-            if not refusal:
-                refused_body = ""
-        return ProbeResult(
-            url,
-            request,
-            planned,
-            allowed,
-            reason,
-            preflight_sent=planned.preflight,
-            exchanges=exchanges,
-            readable=readable,
-            rule=rule,
-            stage=stage,
-            sent=sent,
-            reasons=phrases,
-            notes=notes,
-            max_age=max_age,
-            bodies=bodies,
-            refusal=refusal,
-            refused_step=stage if refusal else "",
-            refused_body=refused_body,
-            hints=hints(request, allowed, reason, refusal),
-        )
-
+    steps = browser.walk(request)
+    reply: Reply | None = None
     async with session:
-        if planned.preflight:
-            preflight = planned.preflight_headers(request.origin)
-            status, phrase, got, body = await _send(
-                session, "OPTIONS", target, (*preflight, ("User-Agent", USER_AGENT)), timeout
-            )
-            sent.append(("OPTIONS", preflight))
-            exchanges.append(("OPTIONS", status, got))
-            phrases.append(phrase)
-            bodies.append(body)
-            verdict = browser.judge_preflight(request, planned, status, got)
-            if not verdict.ok:
-                reason = verdict.reason
-                if not reason.startswith("preflight"):
-                    reason = f"preflight: {reason}"
-                if status in REDIRECT_STATUSES:
-                    reason += " (a browser never follows a redirect on a preflight)"
-                return result(False, reason, verdict.rule, "preflight", [])
-            max_age = browser.preflight_max_age(got)
-        actual = ((h.ORIGIN, request.origin), *planned.headers)
-        status, phrase, got, body = await _send(
-            session, planned.method, target, (*actual, ("User-Agent", USER_AGENT)), timeout
+        while True:  # browser.drive, with an await between the steps
+            try:
+                sent = next(steps) if reply is None else steps.send(reply)
+            except StopIteration as done:
+                walk: browser.Walk[Reply] = done.value
+                break
+            reply = await _send(session, sent, target, timeout)
+    return judged(url, walk)
+
+
+def judged(url: str, walk: browser.Walk[Reply]) -> ProbeResult:
+    """The walk, with the notes, the server's refusal and the hints that go with it."""
+    notes = []
+    if walk.plan.dropped:
+        notes.append(
+            "fetch() drops forbidden request headers, not sent: " + ", ".join(walk.plan.dropped)
         )
-    sent.append((planned.method, actual))
-    exchanges.append((planned.method, status, got))
-    phrases.append(phrase)
-    bodies.append(body)
-    check = browser.cors_check(request, got)
-    location = browser.get_combined(got, "Location")
-    if status in REDIRECT_STATUSES and location is not None:
-        if not check.ok:
-            reason = f"{check.reason} (on the {status} redirect response)"
-            return result(False, reason, check.rule, "actual", [])
+    if walk.request.credentials and walk.stage != "fetch":
+        notes.append(
+            "credentials: include (probe has no cookies to send; the checks are a "
+            "credentialed request's)"
+        )
+    if walk.redirect:
         notes.append(
             "a browser would follow the redirect (the request's origin becomes 'null' if "
             "it leads to another origin); probe does not"
         )
-        reason = (
-            f"not verified: the server redirects ({status}) to {location}; the redirect "
-            "passes the CORS check, but what the page reads is the next response: probe "
-            "that URL"
-        )
-        return result(False, reason, "Fetch 'HTTP-redirect fetch'", "actual", [])
-    if not check.ok:
-        return result(False, check.reason, check.rule, "actual", [])
-    return result(True, "", check.rule, "actual", browser.readable_headers(request, got))
+    refusal = None
+    if not walk.allowed and walk.steps:
+        last = walk.steps[-1]
+        checks = refusal_checks(last.response.status, last.response.body)
+        if checks:
+            refusal = Refusal(walk.stage, checks, last.response.body)
+    found = hints(walk.request, bool(walk.allowed), walk.reason, refusal.checks if refusal else "")
+    return ProbeResult(url, walk, tuple(notes), refusal, tuple(found))
 
 
-def refusal_checks(status: int, body_line: str) -> str:
+def refusal_checks(status: int | None, body_line: str) -> str:
     """The failed checks a corsproxy refusal names ("header 'x-trace-id' is not allowed"),
     from its status and the first line of its body; "" when it is no such refusal."""
-    if 200 <= status <= 299:
+    if status is None or 200 <= status <= 299:
         return ""
     for prefix, _ in REFUSAL_PREFIXES:
         if body_line.startswith(prefix):
@@ -348,7 +292,8 @@ def _shown(name: str) -> bool:
 
 def format_text(result: ProbeResult) -> str:
     """A short trace a person can read: each exchange, the verdict, the readable headers."""
-    req, planned = result.request, result.plan
+    walk = result.walk
+    req, planned = walk.request, walk.plan
     credentials = "include" if req.credentials else "omit"
     lines = [
         f"probe: {planned.method} {result.url} from a page at {req.origin} "
@@ -357,58 +302,56 @@ def format_text(result: ProbeResult) -> str:
     lines += [f"note: {note}" for note in result.notes]
     if planned.preflight:
         lines.append("preflight: needed: " + "; ".join(planned.reasons))
-    else:
-        if not planned.forbidden_method:
-            lines.append("preflight: not needed (safelisted method and request headers)")
-    for index, (method, status, got) in enumerate(result.exchanges):
-        lines.append(f"> {method} {result.url}")
-        if index < len(result.sent):
-            lines += [f"> {name}: {value}" for name, value in result.sent[index][1]]
-        phrase = result.reasons[index] if index < len(result.reasons) else ""
-        lines.append(f"< {status} {phrase}".rstrip())
-        shown = [f"< {name}: {value}" for name, value in got if _shown(name)]
+    elif not planned.forbidden_method:
+        lines.append("preflight: not needed (safelisted method and request headers)")
+    for step in walk.steps:
+        reply = step.response
+        lines.append(f"> {step.sent.method} {result.url}")
+        lines += [f"> {name}: {value}" for name, value in step.sent.headers]
+        lines.append(f"< {reply.status} {reply.phrase}".rstrip())
+        shown = [f"< {name}: {value}" for name, value in reply.headers if _shown(name)]
         lines += shown or ["< (no Access-Control-* headers)"]
-        body = result.bodies[index] if index < len(result.bodies) else ""
-        if body:
-            lines.append(f"< (body) {body}")
-        if method == "OPTIONS" and planned.preflight and result.max_age is not None:
-            seconds, chromium, firefox = result.max_age
+        if reply.body:
+            lines.append(f"< (body) {reply.body}")
+        if step.max_age is not None:
+            seconds, chromium, firefox = step.max_age
             lines.append(
                 f"preflight: passed (cacheable {seconds} s: Chromium {chromium} s, "
                 f"Firefox {firefox} s)"
             )
-    if result.refusal:
+    if result.refusal is not None:
         lines.append(f"browser: {result.reason} (what the console reports)")
     lines += [f"hint: {hint}" for hint in result.hints]
     lines.append(f"verdict: {result.verdict}")
     if result.allowed:
-        lines.append("readable by JavaScript: " + (", ".join(result.readable) or "(none)"))
+        lines.append("readable by JavaScript: " + (", ".join(readable(walk)) or "(none)"))
     return "\n".join(lines)
+
+
+def readable(walk: browser.Walk[Reply]) -> list[str]:
+    return list(walk.actual.readable) if walk.allowed and walk.actual is not None else []
 
 
 def as_dict(result: ProbeResult) -> dict[str, Any]:
     """The trace as a JSON-ready object."""
-    req, planned = result.request, result.plan
-    exchanges = []
-    for index, (method, status, got) in enumerate(result.exchanges):
-        preflight = method == "OPTIONS" and planned.preflight and index == 0
-        body = result.bodies[index] if index < len(result.bodies) else ""
-        exchanges.append(
-            {
-                "step": "preflight" if preflight else "actual",
-                "method": method,
-                "request_headers": [list(pair) for pair in result.sent[index][1]]
-                if index < len(result.sent)
-                else [],
-                "status": status,
-                "response_headers": [list(pair) for pair in got],
-                "body_first_line": body or None,
-            }
-        )
+    walk = result.walk
+    req, planned = walk.request, walk.plan
+    exchanges = [
+        {
+            "step": "preflight" if step.sent.preflight else "actual",
+            "method": step.sent.method,
+            "request_headers": [list(pair) for pair in step.sent.headers],
+            "status": step.response.status,
+            "response_headers": [list(pair) for pair in step.response.headers],
+            "body_first_line": step.response.body or None,
+        }
+        for step in walk.steps
+    ]
     max_age = None
-    if result.max_age is not None:
-        seconds, chromium, firefox = result.max_age
+    if walk.preflight is not None and walk.preflight.max_age is not None:
+        seconds, chromium, firefox = walk.preflight.max_age
         max_age = {"seconds": seconds, "chromium": chromium, "firefox": firefox}
+    refusal = result.refusal
     return {
         "url": result.url,
         "origin": req.origin,
@@ -418,7 +361,7 @@ def as_dict(result: ProbeResult) -> dict[str, Any]:
         "preflight": {
             "needed": planned.preflight,
             "reasons": list(planned.reasons),
-            "sent": result.preflight_sent,
+            "sent": walk.preflight is not None,
             "max_age": max_age,
         },
         "exchanges": exchanges,
@@ -427,16 +370,16 @@ def as_dict(result: ProbeResult) -> dict[str, Any]:
         "reason": result.reason,
         "cause": result.cause,
         "refused_by_server": {
-            "step": result.refused_step,
-            "checks": result.refusal,
-            "body_first_line": result.refused_body,
+            "step": refusal.step,
+            "checks": refusal.checks,
+            "body_first_line": refusal.body,
         }
-        if result.refusal
+        if refusal is not None
         else None,
         "hints": list(result.hints),
-        "rule": result.rule,
-        "stage": result.stage,
-        "readable": list(result.readable),
+        "rule": walk.verdict.rule if walk.verdict is not None else "",
+        "stage": walk.stage,
+        "readable": readable(walk),
         "notes": list(result.notes),
     }
 

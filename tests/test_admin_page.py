@@ -1,21 +1,28 @@
 """The admin listener's live page (issue 14): the bounded refusal buffer, grouping, the
 per-second rates, aggregation across workers (a real ``workers: 2`` proxy: /state.json
 totals equal /metrics), the page's headers and size, and the Grafana dashboard's PromQL
-against a real /metrics scrape."""
+against a real /metrics scrape. Its suggested rules (issue 17): equal to ``corsproxy
+suggest`` on the same traffic's access log, bounded, aged out after an hour, merged across
+workers."""
 
 from __future__ import annotations
 
 import asyncio
+import calendar
 import json
 import re
 import socket
+import time
+import tracemalloc
 import urllib.request
 from pathlib import Path
 
-from procutil import accepts, free_port, running
+from procutil import accepts, free_port, run, running
 from prometheus_client.parser import text_string_to_metric_families
+from test_suggest import MIX, REPORT_ONLY, allows_every_origin, read_log, send
 
 from corsproxy.config.load import parse_settings
+from corsproxy.engine import browser
 from corsproxy.engine.cors import Action, Decision, Kind, Verdict
 from corsproxy.observe.live import (
     HISTORY,
@@ -26,8 +33,12 @@ from corsproxy.observe.live import (
     snapshot,
     write_snapshot,
 )
-from corsproxy.observe.metrics import RequestMetrics
+from corsproxy.observe.metrics import ReloadMetrics, RequestMetrics
+from corsproxy.observe.traffic import MAX_KEY_CHARS, MAX_KEYS, Suggester, Traffic, merge
+from corsproxy.observe.traffic import read_snapshots as read_traffic
+from corsproxy.observe.traffic import snapshot as traffic_snapshot
 from corsproxy.runtime.admin import PAGE_FILES, AdminView, admin_answer, page_file
+from corsproxy.runtime.app import admin_view, open_admin
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD = REPO / "deploy" / "grafana" / "corsproxy-dashboard.json"
@@ -328,3 +339,190 @@ async def test_grafana_dashboard_names_only_what_metrics_exposes(tmp_path: Path)
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
     for topic in ("decision", "refused", "5xx", "p99", "in flight", "reload", "memory"):
         assert topic in titles, topic
+
+
+# --- the suggested rules (issue 17): the last hour's traffic, as `corsproxy suggest` ----------
+
+TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+SEEN = re.compile(rf"seen {TIME.pattern}|first {TIME.pattern}, last {TIME.pattern}")
+
+
+def rules(text: str) -> str:
+    """The suggested file without its leading comment lines (which say where it came from)."""
+    lines = text.split("\n")
+    while lines and lines[0].startswith("#"):
+        lines.pop(0)
+    return "\n".join(lines)
+
+
+def seconds(stamp: str) -> float:
+    return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+async def test_the_page_suggests_what_corsproxy_suggest_prints_for_the_same_traffic(
+    upstream, make_proxy, client, capsys, tmp_path: Path
+) -> None:
+    """A real report_only proxy with its admin listener in front of an API that allows every
+    origin: after a recorded mix, /suggest.yaml equals `corsproxy suggest` on the proxy's
+    own access log, rule by rule and comment by comment."""
+    upstream.handler = allows_every_origin
+    head = "admin: 127.0.0.1:0\n# keep: the API's own comment\n"
+    shadow = await make_proxy(head + REPORT_ONLY, upstream=upstream.url)
+    admin = await open_admin(shadow.proxy.settings, admin_view(shadow, ReloadMetrics(), None))
+    assert admin is not None
+    try:
+        capsys.readouterr()
+        expected = 0
+        for fetch in MIX:
+            for _ in range(fetch.times):
+                assert await send(client, shadow.url, fetch) is True
+                expected += 2 if browser.plan(fetch.request).preflight else 1
+        log = await read_log(capsys, expected)
+        assert len(log) == expected
+        (tmp_path / "access.log").write_text("\n".join(log) + "\n")
+        base = f"http://127.0.0.1:{admin.port}"
+        async with client.get(base + "/suggest.yaml?min_count=3") as r:
+            assert r.status == 200 and r.headers["Content-Type"].startswith("application/yaml")
+            page = await r.text()
+        async with client.get(base + "/suggest.json?min_count=3") as r:
+            data = await r.json()
+        async with client.get(base + "/suggest.json?min_count=0") as r:
+            assert r.status == 400
+    finally:
+        await admin.cleanup()
+    config = tmp_path / "corsproxy.yaml"
+    done = run(["suggest", "-c", str(config), "--from", str(tmp_path / "access.log"),
+                "--min-count", "3"])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+    assert data["yaml"] == page and data["error"] is None
+    assert data["against"] == str(config) and data["min_count"] == 3
+    assert data["requests"] == expected and data["untracked"] == 0
+    assert data["window"] == 3600 and data["bucket"] == 60
+    assert f"{expected} cross-origin request(s)" in done.stderr
+    assert page.startswith("# Suggested by corsproxy's admin page from the last hour")
+    assert f": {expected} cross-origin request(s), " in page.split("\n", 1)[0]
+    assert "A suggestion to review, not applied" in page
+    assert "# report_only: true is still set" in page
+    # The same rules and comments. The times may differ by the second a request straddled:
+    # the access log reads a coarser clock (time.gmtime()) than the page's counter.
+    mine, theirs = rules(page), rules(done.stdout)
+    assert SEEN.sub("SEEN", mine) == SEEN.sub("SEEN", theirs)
+    logged = [seconds(t) for t in TIME.findall(theirs)]
+    for stamp in TIME.findall(mine):
+        assert any(abs(seconds(stamp) - t) <= 1 for t in logged), stamp
+    assert "RISKY, not suggested: null" in mine and "- https://app.example.com  #" in mine
+    assert "# keep: the API's own comment" in mine  # rendered against the file: comments kept
+
+
+def test_the_aggregate_is_bounded_and_says_what_it_left_out() -> None:
+    clock = [1_800_000_000.0]
+    traffic = Traffic(clock=lambda: clock[0], max_keys=100)
+    for i in range(1000):  # a scan: a new Origin per request
+        traffic.add("api", f"https://scan{i}.example.net", "actual", "GET", None, None, False)
+    traffic.add("api", "https://scan0.example.net", "actual", "GET", None, None, False)
+    long = "https://" + "a" * MAX_KEY_CHARS + ".example.com"
+    traffic.add("api", long, "actual", "GET", None, None, False)  # never kept, only counted
+    assert traffic.size == 100
+    snap = traffic_snapshot(traffic)
+    (bucket,) = snap["buckets"]
+    assert bucket[1] == 901 and len(bucket[2]) == 100
+    settings = settings_of(CONFIG.format(port=0, admin=0, dead=1, workers=1))
+    found = Suggester(lambda: settings, lambda: [snap], clock=lambda: clock[0]).suggestion()
+    assert found["requests"] == 1002 and found["untracked"] == 901 and found["keys"] == 100
+    assert found["error"] is None
+    assert f"# 901 request(s) not counted: more than {MAX_KEYS} different" in found["yaml"]
+    assert "- https://scan0.example.net  # 2 requests" in found["yaml"]
+    assert long not in found["yaml"]
+
+
+def test_the_aggregate_memory_is_bounded_at_the_cap() -> None:
+    """Keys as long as are kept, four times the cap: a few MiB, whatever comes."""
+    tracemalloc.start()
+    try:
+        traffic = Traffic()
+        for i in range(4 * MAX_KEYS):
+            origin = f"https://{i:06d}" + "a" * (MAX_KEY_CHARS - 80) + ".example.com"
+            traffic.add("api", origin, "preflight", "OPTIONS", "PUT", "x-a,x-b", True)
+        used, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert traffic.size == MAX_KEYS
+    assert used < 10 * 2**20, used / 2**20
+
+
+def test_buckets_older_than_an_hour_age_out() -> None:
+    clock = [1_800_000_000.0]  # a minute boundary
+    traffic = Traffic(clock=lambda: clock[0])
+    settings = settings_of(CONFIG.format(port=0, admin=0, dead=1, workers=1))
+    page = Suggester(lambda: settings, lambda: [traffic_snapshot(traffic)], clock=lambda: clock[0])
+    traffic.add("api", "https://old.example.com", "actual", "GET", None, None, False)
+    clock[0] += 30 * 60
+    traffic.add("api", "https://new.example.com", "actual", "GET", None, None, False)
+    assert traffic.size == 2 and "https://old.example.com" in page.suggestion()["yaml"]
+    clock[0] += 29 * 60 + 59  # 59:59 after the first: still within the hour
+    assert page.suggestion()["requests"] == 2
+    clock[0] += 1  # a new minute: the first one's bucket is an hour old
+    found = page.suggestion()
+    assert found["requests"] == 1 and "https://old.example.com" not in found["yaml"]
+    traffic.add("api", "https://new.example.com", "actual", "GET", None, None, False)
+    assert traffic.size == 2 and len(traffic.buckets) == 2  # the old bucket is gone
+    # A worker's file that was not rewritten for two hours counts for nothing.
+    stale = traffic_snapshot(traffic)
+    assert merge([stale], clock[0] + 2 * 3600) == ({}, 0)
+
+
+def test_workers_snapshots_merge_into_one_count(tmp_path: Path) -> None:
+    clock = [1_800_000_000.0]
+    key = ("api", "https://app.example.com", "actual", "GET", None, None, True)
+    for pid, offset in ((101, 0.0), (202, 90.0)):
+        traffic = Traffic(clock=lambda at=clock[0] + offset: at)
+        for _ in range(3):
+            traffic.add(*key)
+        data = traffic_snapshot(traffic)
+        (tmp_path / f"{pid}.json").write_text(json.dumps({**data, "pid": pid}))
+    (tmp_path / ".303.json.new").write_text("{half a fi")  # a file mid-write is not read
+    counts, untracked = merge(read_traffic(tmp_path), clock[0] + 100)
+    assert counts == {key: [6, clock[0], clock[0] + 90.0]} and untracked == 0
+
+
+def test_suggest_endpoints_only_with_a_suggester() -> None:
+    view = AdminView(ready=lambda: True, metrics=lambda: b"", config=dict, state=dict)
+    assert admin_answer(view, "GET", "/suggest.yaml")[0] == 404
+    failing = AdminView(
+        ready=lambda: True,
+        metrics=lambda: b"",
+        config=dict,
+        state=dict,
+        suggestion=lambda n: {"yaml": "", "error": "no suggestion: broken"},
+    )
+    assert admin_answer(failing, "GET", "/suggest.yaml") == (
+        500,
+        "text/plain; charset=utf-8",
+        b"500: no suggestion: broken\n",
+    )
+    assert admin_answer(failing, "GET", "/suggest.yaml?min_count=x")[0] == 400
+
+
+async def test_two_workers_one_suggestion(tmp_path: Path) -> None:
+    """Each worker counts its own requests and writes them every few seconds; the
+    supervisor's page merges them into one suggestion."""
+    port, admin, dead = free_port(), free_port(), free_port()
+    path = tmp_path / "corsproxy.yaml"
+    text = CONFIG.format(port=port, admin=admin, dead=dead, workers=2)
+    path.write_text(text.replace("access_log: off", "access_log: json"))
+    origins = [f"https://app{i}.example.com".encode() for i in range(6)]
+    with running(["serve", "-c", str(path)], tmp_path / "out") as proc:
+        await wait_for(lambda: accepts(admin) and accepts(port))
+        for origin in origins:
+            for _ in range(4):  # fresh connections: both workers answer some
+                raw(port, ALLOWED.replace(b"https://app.example.com", origin))
+        url = f"http://127.0.0.1:{admin}/suggest.json"
+        await wait_for(lambda: json.loads(get(url))["requests"] == 24, timeout=30)
+        found = json.loads(get(url))
+        pids = {json.loads(x)["pid"] for x in proc.stdout().splitlines() if x.startswith("{")}
+        assert "Traceback" not in proc.stderr()
+    assert len(pids) == 2  # both workers answered; the page counted all of them
+    for origin in origins:
+        assert f"- {origin.decode()}  # 4 requests" in found["yaml"]
+    assert found["error"] is None and found["against"] == str(path)

@@ -1,6 +1,6 @@
 """``corsproxy suggest`` (issue 17): access-log lines in, the tightest rules that serve them out.
 
-The pure part (corsproxy/suggest.py) is table-tested; the whole loop runs against the real
+The pure part (corsproxy/config/suggest.py) is table-tested; the whole loop runs against the real
 proxy: report_only in front of an upstream, a recorded mix of browser requests, its JSON
 access log, ``suggest``, then the suggested rules enforced and judged by ``explain`` and by
 a replay through the proxy.
@@ -8,7 +8,6 @@ a replay through the proxy.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -22,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 from aiohttp import web
-from procutil import REPO, clean_env, corsproxy_cmd, free_port, run, wait_port
+from procutil import REPO, clean_env, corsproxy_cmd, eventually, free_port, run, wait_port
 
 from corsproxy.config import suggest
 from corsproxy.config.load import parse_settings
@@ -516,13 +515,18 @@ async def allows_every_origin(request: web.BaseRequest) -> web.StreamResponse:
     return web.Response(text="ok", headers=headers)
 
 
-async def read_log(capsys: pytest.CaptureFixture[str], count: int) -> list[str]:
+async def read_log(
+    capsys: pytest.CaptureFixture[str], count: int, timeout: float = 5.0
+) -> list[str]:
+    """The access-log lines printed so far, once there are ``count`` (or the deadline)."""
     lines: list[str] = []
-    for _ in range(250):
-        lines += [x for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
-        if len(lines) >= count:
-            break
-        await asyncio.sleep(0.02)
+
+    def enough() -> bool:
+        lines.extend(x for x in capsys.readouterr().out.splitlines() if x.startswith("{"))
+        return len(lines) >= count
+
+    with contextlib.suppress(AssertionError):  # the caller's count check says what is missing
+        await eventually(enough, timeout, f"{count} access-log lines")
     return lines
 
 

@@ -39,9 +39,10 @@ from typing import Any
 
 import yaml
 
-from corsproxy.config.load import ConfigLoader
+from corsproxy.config.tree import ConfigLoader
 from corsproxy.engine import headers as h
 from corsproxy.engine.origins import NULL_ORIGIN, ParsedOrigin, split_origin
+from corsproxy.engine.policy import Settings
 
 POLICY_KEYS = ("allow_origins", "allow_methods", "allow_headers", "allow_credentials")
 MAX_KEYS = 50_000  # distinct (route, origin, kind, method, headers, credentials) counted
@@ -90,16 +91,19 @@ class Observations:
             return
         self.add(entry)
 
-    def add(self, entry: dict[str, Any]) -> None:
+    def add(self, entry: dict[str, Any], count: int = 1, until: str = "") -> None:
+        """One access-log entry; or ``count`` alike seen from ``entry["time"]`` to ``until``
+        (the admin page's per-minute counts, observe/traffic.py)."""
         stamp = entry.get("time")
         if not isinstance(stamp, str) or not _TIME.match(stamp):
             stamp = ""
+        last = until if until and _TIME.match(until) else stamp
         if self.since is not None and stamp < self.since:
-            self.older += 1
+            self.older += count
             return
         kind, route, origin = entry.get("kind"), entry.get("route"), entry.get("origin")
         if kind not in CORS_KINDS or not isinstance(route, str) or not isinstance(origin, str):
-            self.not_cors += 1
+            self.not_cors += count
             return
         method = entry.get("request_method") if kind == "preflight" else entry.get("method")
         if kind == "websocket" or not isinstance(method, str):
@@ -119,16 +123,16 @@ class Observations:
         key = (route, origin, kind, method, asked, entry.get("credentials") is True)
         found = self.counts.get(key)
         if found is not None:
-            found[0] += 1
+            found[0] += count
             if stamp and (not found[1] or stamp < found[1]):
                 found[1] = stamp
-            if stamp > found[2]:
-                found[2] = stamp
+            if last > found[2]:
+                found[2] = last
         elif len(self.counts) < self.max_keys:
             key = (intern(route), origin, intern(kind), intern(method), asked, key[5])
-            self.counts[key] = [1, stamp, stamp]
+            self.counts[key] = [count, stamp, last]
         else:
-            self.untracked += 1
+            self.untracked += count
 
     @property
     def cors_requests(self) -> int:
@@ -234,6 +238,29 @@ def plan(obs: Observations, refs: Sequence[PolicyRef], min_count: int = 1) -> li
         for where in by_name.get(key[0], ()):
             keys_of[where].append((key, value))
     return [plan_one(ref.where, keys_of[ref.where], min_count) for ref in refs]
+
+
+def policy_refs(settings: Settings) -> list[PolicyRef]:
+    """The policies of ``settings`` a plan is made for: ``defaults`` (the catch-all route
+    ``default``) and each route that is not ``cors: passthrough``."""
+    refs = [PolicyRef("defaults", ("default",))]
+    refs += [
+        PolicyRef(f"routes[{i}]", (route.name,))
+        for i, route in enumerate(settings.table.routes)
+        if route.policy is not None
+    ]
+    return refs
+
+
+def report_only_note(settings: Settings) -> list[str]:
+    """The comment that says the suggested rules would still only be reported."""
+    every = (*settings.table.routes, settings.table.fallback)
+    if any(r.policy is not None and r.policy.report_only for r in every):
+        return [
+            "# report_only: true is still set: these rules are only reported; remove it to "
+            "enforce them"
+        ]
+    return []
 
 
 def unknown_routes(obs: Observations, refs: Sequence[PolicyRef]) -> dict[str, int]:
@@ -443,6 +470,8 @@ def wildcards(
 
 def scalar(text: str) -> str:
     """A YAML scalar that reads back as the string ``text``."""
+    if text[:1].isalpha() and "://" in text and _PLAIN.match(text):
+        return text  # an origin: no implicit type (true, null, 1e3, a date) looks like one
     if _PLAIN.match(text) and yaml.load(text, Loader=ConfigLoader) == text:
         return text
     return json.dumps(text)

@@ -100,7 +100,7 @@ class Proxy:
         self.memo = Memo(settings)
         self.tunnels: set[Tunnel] = set()  # open WebSocket sessions
         self.fault_logged: dict[tuple[str, str, str], float] = {}  # upstream cause -> when
-        self.live = LiveLog()  # the admin page's recent refusals and upstream faults (live.py)
+        self.live = LiveLog()  # the admin page's recent refusals and upstream faults
 
     def handle(self, request: Exchange, conn: ClientConnection) -> None:
         """Called once per request, in order, when its head has arrived."""
@@ -394,12 +394,23 @@ class Proxy:
             seconds,
         )
         self.metrics.respond(outcome.route, status)  # metric hook: corsproxy_responses_total
+        kind = decision.kind
+        asked_method, asked_headers = (
+            preflight_asked(keyed) if kind is Kind.PREFLIGHT else (None, None)
+        )
+        if kind is not Kind.NONE:  # the admin page's suggestion: one dict increment
+            self.live.traffic.add(
+                outcome.route,
+                decision.origin or origin,
+                kind.value,
+                method,
+                asked_method,
+                asked_headers,
+                credentials,
+            )
         style = self.settings.access_log
         if style == "off":
             return
-        asked_method, asked_headers = (
-            preflight_asked(keyed) if decision.kind is Kind.PREFLIGHT else (None, None)
-        )
         accesslog.write(
             accesslog.record(
                 client=client,

@@ -20,6 +20,9 @@ temporary name, then renamed: the supervisor never reads half a file); the super
 next to the Prometheus multiprocess files it already sums for ``/metrics``. A dead worker's
 file stays, as its counts stay in ``/metrics``.
 
+``LiveLog.traffic`` counts the last hour's CORS requests for the page's suggested rules
+(traffic.py).
+
 What leaves a request: the route, the decision (kind, verdict, reason), the Origin, the
 method, Access-Control-Request-Method and -Headers. Host and path are kept only to ask
 ``explain`` for the fix and never shown; no other header is ever read.
@@ -44,6 +47,7 @@ from corsproxy.engine import browser
 from corsproxy.engine.cors import Decision, Verdict
 from corsproxy.engine.explain import describe_value, explain
 from corsproxy.engine.policy import Settings
+from corsproxy.observe.traffic import Traffic
 
 REFUSALS = 100  # refused requests kept per process, and shown (the newest, all processes)
 HISTORY = 60  # seconds of per-second rates
@@ -69,6 +73,7 @@ class LiveLog:
         self.faults: dict[str, tuple[float, str, str, str]] = {}  # url -> time, route, why
         self.fault_count = 0  # bumped per fault
         self.on_change: Callable[[], None] | None = None  # a worker's publisher (publish)
+        self.traffic = Traffic()  # the last hour's CORS requests, for the suggestion (traffic.py)
 
     def refused(self, entry: Refusal) -> None:
         """A refused request: one append to a bounded deque (the request path's only cost)."""

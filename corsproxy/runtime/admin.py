@@ -1,5 +1,6 @@
 """The admin listener (docs/operations.md): /healthz, /readyz, /metrics, /config, and the live page
-(``/`` with ``/admin.css`` and ``/admin.js``, its data at ``/state.json``; see live.py).
+(``/`` with ``/admin.css`` and ``/admin.js``, its data at ``/state.json``; see observe/live.py; its
+suggested rules at ``/suggest.json`` and ``/suggest.yaml``, see observe/traffic.py).
 
 Served by the proxy's own HTTP/1.1 listener: four fixed answers do not need a web framework,
 and a worker that never sees a WebSocket then never loads aiohttp (about 11 MiB per process).
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qs
 
 from corsproxy.http.listener import TEXT_PLAIN, ClientConnection, Exchange, Listener
 from corsproxy.observe.metrics import CONTENT_TYPE
@@ -34,6 +36,8 @@ class AdminView:
     config: Callable[[], dict[str, Any]]
     state: Callable[[], dict[str, Any]] | None = None  # /state.json; None: no live page
     sample: Callable[[], object] | None = None  # called once a second (live.LiveState.sample)
+    # /suggest.json and /suggest.yaml, given --min-count (traffic.Suggester.suggestion)
+    suggestion: Callable[[int], dict[str, Any]] | None = None
 
 
 # The live page: its own files only (no inline script or style), read-only, never framed.
@@ -51,8 +55,10 @@ PAGE_FILES = {
     "/admin.js": ("admin.js", "text/javascript; charset=utf-8"),
 }
 VIEWED = 90.0  # seconds the rates keep being sampled after the page was last read
-LIVE_PATHS = frozenset({"/state.json", *PAGE_FILES})
+SUGGEST_PATHS = frozenset({"/suggest.json", "/suggest.yaml"})
+LIVE_PATHS = frozenset({"/state.json", *PAGE_FILES, *SUGGEST_PATHS})
 PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/config", *LIVE_PATHS})
+YAML = "application/yaml; charset=utf-8"
 
 
 @functools.cache
@@ -66,6 +72,8 @@ def admin_answer(view: AdminView, method: str, target: str) -> tuple[int, str, b
     path = target.split("?", 1)[0]
     if path not in PATHS or (view.state is None and path in LIVE_PATHS):
         return 404, TEXT, b"404: Not Found\n"
+    if path in SUGGEST_PATHS and view.suggestion is None:
+        return 404, TEXT, b"404: Not Found\n"
     if method not in ("GET", "HEAD"):
         return 405, TEXT, b"405: Method Not Allowed\n"
     if path in PAGE_FILES:
@@ -74,6 +82,9 @@ def admin_answer(view: AdminView, method: str, target: str) -> tuple[int, str, b
     if path == "/state.json":
         assert view.state is not None
         return 200, JSON, json.dumps(view.state(), separators=(",", ":")).encode()
+    if path in SUGGEST_PATHS:
+        assert view.suggestion is not None
+        return suggestion_answer(view.suggestion, path, target)
     if path == "/healthz":
         return 200, TEXT, b"ok\n"
     if path == "/readyz":
@@ -82,6 +93,22 @@ def admin_answer(view: AdminView, method: str, target: str) -> tuple[int, str, b
         return 200, CONTENT_TYPE, view.metrics()
     body = json.dumps(view.config(), indent=2, default=str) + "\n"
     return 200, JSON, body.encode()
+
+
+def suggestion_answer(
+    suggestion: Callable[[int], dict[str, Any]], path: str, target: str
+) -> tuple[int, str, bytes]:
+    """``?min_count=N`` as ``corsproxy suggest --min-count N`` (default 1)."""
+    query = parse_qs(target.partition("?")[2])
+    given = query.get("min_count", ["1"])[-1]
+    if not given.isdigit() or not 1 <= int(given) <= 1_000_000_000:
+        return 400, TEXT, b"400: min_count must be a whole number, 1 or more\n"
+    found = suggestion(int(given))
+    if path == "/suggest.json":
+        return 200, JSON, json.dumps(found, separators=(",", ":")).encode()
+    if found["error"]:
+        return 500, TEXT, f"500: {found['error']}\n".encode()
+    return 200, YAML, found["yaml"].encode()
 
 
 class AdminServer:

@@ -17,6 +17,7 @@ from corsproxy.engine.policy import Settings
 from corsproxy.http.listener import Listener
 from corsproxy.http.proxy import Proxy
 from corsproxy.http.upstream import UpstreamPool
+from corsproxy.observe import traffic
 from corsproxy.observe.live import LiveState, snapshot
 from corsproxy.observe.metrics import ReloadMetrics, RequestMetrics, exposition
 from corsproxy.runtime.admin import AdminServer, AdminView, start_admin
@@ -208,7 +209,8 @@ def admin_view(
     running: Running, reload_metrics: ReloadMetrics, reloader: Reloader | None
 ) -> AdminView:
     """What one process's admin listener serves: its metrics, its effective config, and the
-    live page's data from its own metrics and LiveLog (live.py)."""
+    live page's data from its own metrics and LiveLog (observe/live.py), the suggested rules
+    from its LiveLog's traffic (observe/traffic.py)."""
     live = LiveState(
         lambda: running.proxy.settings,
         running.metrics.registry.collect,
@@ -221,6 +223,10 @@ def admin_view(
         config=lambda: config_view(running.proxy.settings),
         state=live.state,
         sample=live.sample,
+        suggestion=traffic.Suggester(
+            lambda: running.proxy.settings,
+            lambda: [traffic.snapshot(running.proxy.live.traffic)],
+        ).suggestion,
     )
 
 

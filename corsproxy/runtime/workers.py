@@ -26,6 +26,7 @@ from pathlib import Path
 
 from corsproxy.config.view import config_view, host_port
 from corsproxy.engine.policy import Settings
+from corsproxy.observe import traffic
 from corsproxy.observe.live import LiveState, publish, read_snapshots
 from corsproxy.observe.metrics import (
     ReloadMetrics,
@@ -59,7 +60,8 @@ def supervise(source: ConfigSource, settings: Settings) -> int:
     rundir = Path(tempfile.mkdtemp(prefix="corsproxy-"))
     (rundir / "metrics").mkdir()
     (rundir / "ready").mkdir()
-    (rundir / "live").mkdir()  # each worker's LiveLog, for the admin page (live.py)
+    (rundir / "live").mkdir()  # each worker's LiveLog, for the admin page (observe/live.py)
+    (rundir / "traffic").mkdir()  # each worker's last hour of CORS requests (observe/traffic.py)
     # Read by prometheus_client when a worker imports it: set before any worker starts.
     os.environ[MULTIPROC_ENV] = str(rundir / "metrics")
     try:
@@ -129,7 +131,7 @@ class Supervisor:
             log.error("a worker failed to start; stopping")
             return EXIT_START_FAILED
         # The admin page: the counts from the same files /metrics sums, the refusals and
-        # upstream faults from the file each worker writes (live.py).
+        # upstream faults from the file each worker writes (observe/live.py).
         live = LiveState(
             lambda: self.settings,
             lambda: multiprocess_registry(str(self.rundir / "metrics")).collect(),
@@ -146,6 +148,10 @@ class Supervisor:
             config=lambda: config_view(self.settings),
             state=live.state,
             sample=live.sample,
+            suggestion=traffic.Suggester(
+                lambda: self.settings,
+                lambda: traffic.read_snapshots(self.rundir / "traffic"),
+            ).suggestion,
         )
         try:
             admin = await open_admin(self.settings, view)
@@ -270,6 +276,7 @@ async def worker_serve(rundir: Path, supervisor: int) -> int:
 
     follower = asyncio.ensure_future(follow())
     publisher = asyncio.ensure_future(publish(running.proxy.live, rundir / "live"))
+    counts = asyncio.ensure_future(traffic.publish(running.proxy.live.traffic, rundir / "traffic"))
     ready = rundir / "ready" / str(os.getpid())
     ready.touch()
     try:
@@ -277,6 +284,7 @@ async def worker_serve(rundir: Path, supervisor: int) -> int:
     finally:
         follower.cancel()
         publisher.cancel()
+        counts.cancel()
         ready.unlink(missing_ok=True)
         await running.stop()
     return 0

@@ -120,5 +120,38 @@
     setTimeout(poll, 1000);
   }
 
+  // The suggested rules: worked out by the server on each read (plan and render), so read
+  // when the page opens, every 30 s and on "refresh", not once a second.
+  function minutes(seconds) {
+    return Math.round(seconds / 60) + " min";
+  }
+
+  async function suggestion() {
+    const meta = document.getElementById("suggest-meta");
+    const yaml = document.getElementById("suggest-yaml");
+    try {
+      const response = await fetch("/suggest.json", {cache: "no-store"});
+      if (!response.ok) throw new Error("HTTP " + response.status);
+      const s = await response.json();
+      const seen = s.first ? ", first " + clock(s.first) + ", last " + clock(s.last) : "";
+      let text = s.requests + " cross-origin requests counted in the last " + minutes(s.window) +
+        " (counted by the " + (s.bucket === 60 ? "minute" : minutes(s.bucket)) + seen + "), written into " + s.against +
+        ", min count " + s.min_count + "; worked out at " + clock(s.now);
+      if (s.untracked) text += "; " + s.untracked + " not counted (over the cap, see the comments)";
+      meta.textContent = text;
+      yaml.textContent = s.error || s.yaml;
+      yaml.className = s.error ? "failed" : "";
+    } catch (error) {
+      meta.textContent = "not loaded: " + error.message + " (retrying)";
+    }
+  }
+
+  async function suggestions() {
+    await suggestion();
+    setTimeout(suggestions, 30000);
+  }
+
+  document.getElementById("suggest-refresh").addEventListener("click", suggestion);
   poll();
+  suggestions();
 })();

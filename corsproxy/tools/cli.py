@@ -13,12 +13,9 @@ from pathlib import Path
 from typing import NoReturn
 
 from corsproxy import __version__
-from corsproxy.config.load import (
-    ConfigInvalid,
-    Diagnostic,
-    Overrides,
-    load_settings,
-)
+from corsproxy.config.load import load_settings
+from corsproxy.config.overrides import Overrides
+from corsproxy.config.tree import ConfigInvalid, Diagnostic
 from corsproxy.engine import browser
 from corsproxy.engine import headers as h
 from corsproxy.engine.origins import NULL_ORIGIN, split_origin
@@ -759,12 +756,7 @@ def run_suggest(args: argparse.Namespace) -> int:
     except ConfigInvalid as exc:
         print_diagnostics(exc.diagnostics)
         return EXIT_INVALID
-    refs = [suggest.PolicyRef("defaults", ("default",))]
-    refs += [
-        suggest.PolicyRef(f"routes[{i}]", (route.name,))
-        for i, route in enumerate(settings.table.routes)
-        if route.policy is not None
-    ]
+    refs = suggest.policy_refs(settings)
     obs = suggest.Observations(since=since)
     started = time.perf_counter()
     try:
@@ -780,12 +772,7 @@ def run_suggest(args: argparse.Namespace) -> int:
         return fail(f"cannot read {exc.filename or log_path}: {exc.strerror or exc}")
     plans = suggest.plan(obs, refs, args.min_count)
     head = suggest.preamble(obs, plans, suggest.unknown_routes(obs, refs))
-    every = (*settings.table.routes, settings.table.fallback)
-    if any(r.policy is not None and r.policy.report_only for r in every):
-        head.append(
-            "# report_only: true is still set: these rules are only reported; remove it to "
-            "enforce them"
-        )
+    head += suggest.report_only_note(settings)
     try:
         out = suggest.render(text, plans, head)
     except ValueError as exc:

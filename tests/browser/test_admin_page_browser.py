@@ -1,8 +1,9 @@
 """The admin listener's live page (issue 14) in headless Chromium, against a real
 ``python -m corsproxy`` process: routes in order, a refusal with its reason and fix within
-2 s without a reload, counters that move, a refused config file under reloads, markup in an
-Origin shown as text, no Cookie/Authorization value anywhere. The last test takes the
-screenshot in docs/images/admin-page.png from the demo."""
+2 s without a reload, counters that move, the suggested rules of the traffic seen (issue 17),
+a refused config file under reloads, markup in an Origin shown as text (in the suggestion
+too), no Cookie/Authorization value anywhere. The last test takes the screenshot in
+docs/images/admin-page.png from the demo."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 import re
 import socket
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -78,6 +80,15 @@ async def wait_for(check, timeout: float, what: str):
         await asyncio.sleep(0.05)
 
 
+def listening(*ports: int) -> Callable[[], Awaitable[bool]]:
+    """A check for ``wait_for``: every port accepts connections."""
+
+    async def check() -> bool:
+        return all(accepts(port) for port in ports)
+
+    return check
+
+
 ROUTE_NAMES = (
     "() => [...document.querySelectorAll('#routes tbody tr td:nth-child(2)')]"
     ".map(t => t.textContent)"
@@ -90,8 +101,7 @@ async def test_live_page_shows_refusals_reloads_and_never_a_secret(ctx, tmp_path
     path = tmp_path / "corsproxy.yaml"
     path.write_text(CONFIG.format(port=port, admin=admin, dead=dead))
     with running(["serve", "-c", str(path)], tmp_path / "out") as proc:
-        while not (accepts(admin) and accepts(port)):
-            await asyncio.sleep(0.05)
+        await wait_for(listening(admin, port), 15, "the proxy and its admin listener")
         tab = await ctx.tab(f"http://127.0.0.1:{admin}/")
 
         async def names():
@@ -121,6 +131,20 @@ async def test_live_page_shows_refusals_reloads_and_never_a_secret(ctx, tmp_path
 
         await wait_for(rejected_total, 2.0, "the live counters")
 
+        # The suggested rules: what `corsproxy suggest` would print for this traffic.
+        await tab.evaluate("() => document.getElementById('suggest-refresh').click()")
+
+        async def suggested():
+            text = await tab.evaluate(TEXT_OF, "#suggest-yaml")
+            return text if "- https://app.example.com  # 1 request" in text else None
+
+        text = await wait_for(suggested, 5.0, "the suggestion on the page")
+        assert "- x-trace-id  # 1 request" in text and "- PUT  # 1 request" in text
+        assert text.startswith("# Suggested by corsproxy's admin page from the last hour")
+        section = await tab.evaluate(TEXT_OF, "#suggestion")
+        assert "A suggestion to review" in section and "1 cross-origin requests counted" in section
+        assert f"written into {path}" in section
+
         # Markup in an Origin is text, never markup.
         markup = b'<img src=x id="injected"><script id="evil">1</script>'
         await asyncio.to_thread(raw, port, preflight(markup, b"X-Other"))
@@ -130,6 +154,13 @@ async def test_live_page_shows_refusals_reloads_and_never_a_secret(ctx, tmp_path
             return text if '<script id="evil">' in text else None
 
         await wait_for(shown, 2.0, "the markup origin as text")
+        await tab.evaluate("() => document.getElementById('suggest-refresh').click()")
+
+        async def risky():
+            text = await tab.evaluate(TEXT_OF, "#suggest-yaml")
+            return text if 'id=\\"evil\\">' in text else None
+
+        await wait_for(risky, 5.0, "the markup origin in the suggestion, as text")
         assert await tab.evaluate("() => document.querySelectorAll('#injected, #evil').length") == 0
         assert await tab.evaluate("() => document.scripts.length") == 1
 
@@ -161,8 +192,7 @@ async def test_screenshot_of_the_demo(ctx, tmp_path: Path) -> None:
     path.write_text(text)
     args = ["demo", "-c", str(path), "--listen", f"127.0.0.1:{port}"]
     with running(args, tmp_path / "out"):
-        while not (accepts(admin) and accepts(port)):
-            await asyncio.sleep(0.05)
+        await wait_for(listening(admin, port), 15, "the demo and its admin listener")
         tab = await ctx.tab(f"http://127.0.0.1:{admin}/")
         await tab.remote.call(tab.page.set_viewport_size({"width": 1200, "height": 900}))
         get = b"GET %s HTTP/1.1\r\nHost: localhost\r\nOrigin: %s\r\nConnection: close\r\n\r\n"
@@ -185,7 +215,13 @@ async def test_screenshot_of_the_demo(ctx, tmp_path: Path) -> None:
             return "X-Trace-Id" in await tab.evaluate(TEXT_OF, "#refusals tbody")
 
         await wait_for(ready, 5, "refusals shown")
-        await asyncio.sleep(1.2)
+
+        async def counted():  # every request sent is on the page, and the suggestion loaded
+            meta = await tab.evaluate(TEXT_OF, "#meta")
+            return "79 requests" in meta and await tab.evaluate(TEXT_OF, "#suggest-yaml")
+
+        await tab.evaluate("() => document.getElementById('suggest-refresh').click()")
+        await wait_for(counted, 5, "all 79 requests counted")
         out = REPO / "docs" / "images" / "admin-page.png"
         out.parent.mkdir(parents=True, exist_ok=True)
         await tab.remote.call(tab.page.screenshot(path=str(out)))

@@ -1,9 +1,15 @@
-"""Shared fixtures: a real recording upstream and the real proxy, both on 127.0.0.1."""
+"""Shared fixtures: a real recording upstream and the real proxy, both on 127.0.0.1.
+
+Also the ``--all`` option: plain ``python3 -m pytest`` deselects the tests marked ``slow``,
+``browser`` and ``fuzz`` (pyproject.toml's addopts), ``--all`` runs them too (what CI runs).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +21,41 @@ from corsproxy.config.load import parse_settings
 from corsproxy.runtime.app import Running, start
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+# What pyproject.toml's addopts deselects; ``--all`` lifts it.
+DEFAULT_MARKEXPR = "not slow and not browser and not fuzz"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--all",
+        action="store_true",
+        default=False,
+        help="also run the tests marked slow, browser and fuzz (deselected by default)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Only the default selection is lifted: `--all -m browser` still means the browser tests.
+    if config.getoption("--all") and config.option.markexpr == DEFAULT_MARKEXPR:
+        config.option.markexpr = ""
+
+
+@asynccontextmanager
+async def serving(
+    handler: Handler, *, ssl_context: ssl.SSLContext | None = None, port: int = 0
+) -> AsyncIterator[int]:
+    """Serve ``handler`` with aiohttp's low-level server on 127.0.0.1 (port 0: any free one);
+    yields the port. At exit, handlers still running (a stalled upstream, a held answer) are
+    cancelled after 0.1 s instead of aiohttp's 60: waiting for them is no part of a test."""
+    runner = web.ServerRunner(web.Server(handler, access_log=None), shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ssl_context)
+    await site.start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
 
 
 @dataclass
@@ -62,14 +103,10 @@ class Upstream:
 @pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
     up = Upstream()
-    runner = web.ServerRunner(web.Server(up.handle, access_log=None))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    up.port = runner.addresses[0][1]
-    up.url = f"http://127.0.0.1:{up.port}"
-    yield up
-    await runner.cleanup()
+    async with serving(up.handle) as port:
+        up.port = port
+        up.url = f"http://127.0.0.1:{port}"
+        yield up
 
 
 ProxyFactory = Callable[..., Awaitable[Running]]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -33,11 +34,44 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+def _port_band() -> range:
+    """Ports for this process to hand out: below the kernel's ephemeral range (which bind to
+    port 0 and every outgoing connection draw from, so another test's client socket cannot
+    take a port between free_port() and the bind), one slice per xdist worker."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    low, high = 10000, min(ephemeral_low, 32768)
+    if high - low < 2000:
+        return range(0)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").lstrip("gw") or 0) % workers
+    size = (high - low) // workers
+    return range(low + index * size, low + (index + 1) * size)
+
+
+_BAND = _port_band()
+_next = [random.randrange(len(_BAND))] if _BAND else [0]
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    """A TCP port on 127.0.0.1 nobody listens on right now (also: an upstream that is down)."""
+    for _ in range(len(_BAND)):
+        port = _BAND[_next[0] % len(_BAND)]
+        _next[0] += 1
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+closed_port = free_port  # the name tests use for "an upstream nobody listens on"
 
 
 def accepts(port: int) -> bool:
@@ -59,6 +93,25 @@ def wait_port(
             raise AssertionError(f"process exited with {proc.returncode} before listening")
         time.sleep(0.02)
     raise AssertionError(f"nothing accepted connections on 127.0.0.1:{port} within {timeout}s")
+
+
+async def wait_listening(port: int, proc: Proc | None = None, timeout: float = 20.0) -> None:
+    """Like ``wait_port``, without blocking the event loop (in-process upstreams keep
+    serving meanwhile); fails at once, with its stderr, if ``proc`` exits first."""
+
+    def up() -> bool:
+        if proc is not None and proc.popen.poll() is not None:
+            raise AssertionError(f"exited with {proc.popen.returncode}:\n{proc.stderr()}")
+        return accepts(port)
+
+    await eventually(up, timeout, f"127.0.0.1:{port} to accept connections", interval=0.02)
+
+
+def assert_no_traceback(*outputs: str) -> None:
+    """No Python traceback in a process's output: errors are one line each."""
+    for text in outputs:
+        assert "Traceback" not in text, text
+        assert 'File "' not in text, text
 
 
 @dataclass

@@ -2092,7 +2092,13 @@ def run_fuzz(examples: int, capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_fuzz_requests_short(capsys) -> None:
-    run_fuzz(int(os.environ.get("CORSPROXY_FUZZ_SHORT", "2000")), capsys)
+    """300 examples (about 2 s) in the default run; the 2000 below run with --all."""
+    run_fuzz(int(os.environ.get("CORSPROXY_FUZZ_SHORT", "300")), capsys)
+
+
+@pytest.mark.slow
+def test_fuzz_requests_2000(capsys) -> None:
+    run_fuzz(2000, capsys)
 
 
 @pytest.mark.fuzz

@@ -1,5 +1,5 @@
 """HTTP/1.1 on the wire, both legs: the framing, keep-alive and connection-lifetime rules
-the proxy's own HTTP layer owns (listener.py for clients, upstream.py for upstreams).
+the proxy's own HTTP layer owns (http/listener.py for clients, http/upstream.py for upstreams).
 
 Clients are raw sockets, since an HTTP client would hide the framing. Upstreams are the
 recording aiohttp server from conftest or, where the exact bytes matter, a bare asyncio
@@ -443,7 +443,7 @@ async def test_connection_in_use_is_not_idle(upstream, make_proxy):
 
     async def slow(request: web.BaseRequest) -> web.StreamResponse:
         if request.path == "/slow":
-            await asyncio.sleep(1.2)
+            await asyncio.sleep(1.2)  # the scenario: an upstream slower than the idle timeout
         return web.Response(text=request.path)
 
     upstream.handler = slow
@@ -1048,7 +1048,7 @@ async def test_client_leaving_closes_the_upstream_connection(raw_upstream, make_
                         break
                     writer.write(b"400\r\n" + b"s" * 1024 + b"\r\n")
                     await writer.drain()
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.05)  # the scenario: a slow stream
             await watching
         finally:
             watching.cancel()

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import Iterable, Mapping
 
 import pytest
 from aiohttp import web
+from conftest import parse_head, raw_request
+from procutil import closed_port
 from yarl import URL
-
-from tests.conftest import parse_head, raw_request
 
 APP = "https://app.test"
 EVIL = "https://evil.test"
@@ -142,12 +141,6 @@ async def cors_upstream_handler(request: web.BaseRequest) -> web.StreamResponse:
 async def proxy(upstream, make_proxy):
     upstream.handler = cors_upstream_handler
     return await make_proxy(CONFIG, upstream=upstream.url)
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # --- 4.1 not a CORS request ------------------------------------------------------------

@@ -5,13 +5,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from procutil import free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -29,22 +28,6 @@ def console_blocks(text: str) -> list[list[tuple[str, list[str]]]]:
                 steps[-1][1].append(line)
         blocks.append(steps)
     return blocks
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, deadline: float = 15.0) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}")
 
 
 def shell_env() -> dict[str, str]:
@@ -68,7 +51,7 @@ def test_tour_output_is_exactly_what_readme_shows() -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_for_port(port)
+        wait_port(port, 15, proc=demo)
         for command, expected in steps:
             command = command.replace("127.0.0.1:8080", f"127.0.0.1:{port}")
             done = subprocess.run(
@@ -110,7 +93,16 @@ def test_two_commands_use_a_venv_so_a_distributions_python_can_run_them() -> Non
         assert command.startswith("python3 -m venv .venv && .venv/bin/pip install "), command
         assert "python3 -m pip" not in command
     assert commands[0].endswith(".venv/bin/corsproxy demo")
-    assert commands[1].endswith(".venv/bin/python -m pytest")
+    assert commands[1].endswith(".venv/bin/python -m pytest --all")
     assert "python3-venv" in two
     ci = (ROOT / ".ci" / "run").read_text()
     assert commands[1] in ci.splitlines(), ".ci/run must run the README's test command exactly"
+
+
+def test_readme_says_which_run_is_fast_and_how_to_run_the_rest() -> None:
+    """Plain `python3 -m pytest` leaves out the slow, browser and fuzz tests; the README and
+    docs/testing.md say so, and how to run them (`--all`, `-m browser`)."""
+    for text in (README, (ROOT / "docs" / "testing.md").read_text()):
+        assert "python3 -m pytest --all" in text
+        assert "-m browser" in text
+        assert re.search(r"`python3 -m pytest`.{0,200}(slow|browser)", text, re.S)

@@ -216,7 +216,7 @@ async def test_sse_events_are_flushed_one_by_one(upstream, make_proxy, client) -
         await response.prepare(request)
         for i in range(events):
             if i:
-                await asyncio.sleep(0.3)
+                await asyncio.sleep(0.3)  # the scenario: events spaced in time
             sent_at.append(time.monotonic())
             await response.write(f"id: {i}\ndata: event {i}\n\n".encode())
         await response.write_eof()
@@ -292,7 +292,7 @@ async def test_chunked_response_is_chunked_on_the_wire(upstream, make_proxy) -> 
         await response.prepare(request)
         for part in (b"a" * 10, b"b" * 20, b"c" * 30):
             await response.write(part)
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # the scenario: parts written apart
         await response.write_eof()
         return response
 
@@ -320,7 +320,7 @@ async def test_content_length_response_keeps_its_length(upstream, make_proxy) ->
         await response.prepare(request)
         for offset in range(0, length, MiB):
             await response.write(_BASE[: min(MiB, length - offset)])
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # the scenario: a paced upstream
         await response.write_eof()
         return response
 
@@ -389,7 +389,7 @@ async def test_slow_steady_stream_outlives_the_read_timeout(upstream, make_proxy
         await response.prepare(request)
         for i, part in enumerate(parts):
             if i:
-                await asyncio.sleep(0.3)
+                await asyncio.sleep(0.3)  # the scenario: events spaced in time
             await response.write(part)
         await response.write_eof()
         return response
@@ -495,7 +495,7 @@ async def test_stall_mid_body_is_a_timeout_without_traceback(
         response = web.StreamResponse()
         await response.prepare(request)
         await response.write(b"x" * 100)
-        await asyncio.sleep(2)
+        await asyncio.sleep(2)  # the scenario: a stall longer than timeouts.read
         return response
 
     upstream.handler = stall
@@ -517,7 +517,7 @@ async def test_client_leaving_mid_body_is_not_an_upstream_error(
         with contextlib.suppress(ConnectionError):
             for _ in range(200):
                 await response.write(b"y" * 65536)
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.005)  # the scenario: a paced upstream
         return response
 
     upstream.handler = endless

@@ -19,16 +19,17 @@ import aiohttp
 import pytest
 import trustme
 from aiohttp import WSMsgType, web
+from conftest import serving
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from procutil import accepts, clean_env, free_port, running
+from procutil import clean_env, eventually, free_port, running, wait_listening
 
-from corsproxy.config.load import ConfigInvalid, parse_settings
+from corsproxy.config.load import parse_settings
+from corsproxy.config.tree import ConfigInvalid
 from corsproxy.observe.metrics import ReloadMetrics
 from corsproxy.runtime.reload import ConfigSource, Reloader
-from tests.procutil import eventually
 
 ORIGIN = "https://app.test"
 MiB = 1 << 20
@@ -92,16 +93,9 @@ async def https_upstream(
         up.resumed.append(bool(ssl_object and ssl_object.session_reused))
         return await hello(request)  # type: ignore[arg-type]
 
-    runner = web.ServerRunner(web.Server(handle, access_log=None))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=context)
-    await site.start()
-    up.port = runner.addresses[0][1]
-    up.url = f"https://127.0.0.1:{up.port}"
-    try:
+    async with serving(handle, ssl_context=context, port=port) as up.port:
+        up.url = f"https://127.0.0.1:{up.port}"
         yield up
-    finally:
-        await runner.cleanup()
 
 
 def self_signed(name: str = "127.0.0.1") -> tuple[bytes, bytes]:
@@ -541,15 +535,6 @@ def test_settings_with_upstream_tls_pickle_for_workers(ca, tmp_path: Path) -> No
 
 
 # --- no file: --upstream-ca, --upstream-insecure, $CORSPROXY_UPSTREAM_CA -------------------
-
-
-async def wait_listening(port: int, proc) -> None:
-    def up() -> bool:
-        if proc.popen.poll() is not None:
-            raise AssertionError(f"exited with {proc.popen.returncode}:\n{proc.stderr()}")
-        return accepts(port)
-
-    await eventually(up, 20, f"127.0.0.1:{port}")
 
 
 @pytest.mark.parametrize("how", ["--upstream-ca", "$CORSPROXY_UPSTREAM_CA", "--upstream-insecure"])

@@ -21,35 +21,25 @@ import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization  # installed with trustme
 from multidict import CIMultiDictProxy
-from procutil import Proc, accepts, clean_env, free_port, run, running
+from procutil import (
+    Proc,
+    accepts,
+    assert_no_traceback,
+    clean_env,
+    eventually,
+    free_port,
+    run,
+    running,
+    wait_listening,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 TIMEOUT = aiohttp.ClientTimeout(total=10)
 FRESH = 50  # requests on fresh connections: with two workers, both answer (1 - 2**-49)
 
 
-def assert_no_traceback(*outputs: str) -> None:
-    for text in outputs:
-        assert "Traceback" not in text, text
-
-
 async def wait_until(predicate, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-async def wait_listening(port: int, proc: Proc, timeout: float = 20.0) -> None:
-    """Like procutil.wait_port, without blocking the loop the in-process upstream runs on."""
-
-    def up() -> bool:
-        if proc.popen.poll() is not None:
-            raise AssertionError(f"exited with {proc.popen.returncode}:\n{proc.stderr()}")
-        return accepts(port)
-
-    await wait_until(up, timeout, f"127.0.0.1:{port}")
+    await eventually(predicate, timeout, what, interval=0.02)
 
 
 def log_entries(proc: Proc) -> list[dict]:
@@ -129,6 +119,17 @@ class Workers:
             if sample.name == "corsproxy_requests_total"
         )
 
+    async def until_applied(self, allowed: str, refused: str, streak: int = 20) -> None:
+        """Poll on fresh connections until ``streak`` answers in a row follow the given rules:
+        the supervisor has signalled the workers, each applies the reload on its own."""
+        loop = asyncio.get_running_loop()
+        deadline, run_ = loop.time() + 10, 0
+        while run_ < streak:
+            assert loop.time() < deadline, "the workers did not all apply the reload"
+            origin = allowed if run_ % 2 else refused
+            expected = (200, allowed) if origin == allowed else (403, None)
+            run_ = run_ + 1 if await self.get(origin) == expected else 0
+
     async def batch(self, allowed: str, refused: str) -> list[dict]:
         """FRESH requests, half from each origin, all under one rule set; their log lines."""
         before = len(log_entries(self.proc))
@@ -191,7 +192,7 @@ async def test_a_reload_reaches_every_worker(upstream, tmp_path: Path) -> None:
         # 1. The file is rewritten: the supervisor's poll notices, validates, tells the workers.
         w.write(NEW)
         await wait_until(lambda: "reload (file changed) applied" in w.proc.stderr(), what="reload")
-        await asyncio.sleep(0.5)  # the supervisor has signalled the workers; they apply at once
+        await w.until_applied(allowed=NEW, refused=OLD)
         entries = await w.batch(allowed=NEW, refused=OLD)
         assert {e["pid"] for e in entries} == w.worker_pids()
         assert len({e["pid"] for e in entries}) == 2
@@ -203,7 +204,7 @@ async def test_a_reload_reaches_every_worker(upstream, tmp_path: Path) -> None:
         os.utime(w.path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
         w.proc.popen.send_signal(signal.SIGHUP)
         await wait_until(lambda: "reload (SIGHUP) applied" in w.proc.stderr(), what="reload")
-        await asyncio.sleep(0.5)
+        await w.until_applied(allowed=OLD, refused=NEW)
         entries = await w.batch(allowed=OLD, refused=NEW)
         assert len({e["pid"] for e in entries}) == 2
         _, text = await w.admin_get("/metrics")

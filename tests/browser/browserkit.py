@@ -23,14 +23,15 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pytest
 from aiohttp import web
+from conftest import serving
+from procutil import closed_port, eventually  # noqa: F401  (for the test modules here)
 
 from corsproxy.runtime.app import Running
 
@@ -223,23 +224,12 @@ async def _page(request: web.BaseRequest) -> web.StreamResponse:
 
 @pytest.fixture(name="pages")
 async def pages_fixture() -> AsyncIterator[Pages]:
-    runner = web.ServerRunner(web.Server(_page, access_log=None))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield Pages(runner.addresses[0][1])
-    await runner.cleanup()
+    async with serving(_page) as port:
+        yield Pages(port)
 
 
-async def eventually(check: Callable[[], bool], timeout: float = 3.0) -> None:
-    """Poll until ``check()`` is true: the proxy counts and logs a request just after its
-    response went out, so the browser can be told the answer a moment before."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
+# ``eventually`` (procutil): the proxy counts and logs a request just after its response went
+# out, so the browser can be told the answer a moment before; tests poll for the count.
 
 
 def counted(proxy: Running, kind: str, decision: str | None = None) -> int:
@@ -252,10 +242,3 @@ def counted(proxy: Running, kind: str, decision: str | None = None) -> int:
             if decision is None or sample.labels["decision"] == decision:
                 total += sample.value
     return int(total)
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 nobody listens on (an upstream that is down)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

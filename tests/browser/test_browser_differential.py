@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import pytest
 from aiohttp import web
 from browserkit import chromium_fixture, ctx_fixture, pages_fixture, session_fixture  # noqa: F401
+from conftest import serving
 from multidict import CIMultiDict
 
 from corsproxy.engine import browser
@@ -147,11 +148,7 @@ async def test_probe_agrees_with_chromium(pages, chromium) -> None:
     origin = pages.origin()
     combos = combinations()
     server = ComboServer(combos, origin)
-    runner = web.ServerRunner(web.Server(server.handle, access_log=None))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = runner.addresses[0][1]
-    try:
+    async with serving(server.handle) as port:
         chromium_saw: dict[int, str] = {}
         for start in range(0, len(combos), BATCH):
             batch = combos[start : start + BATCH]
@@ -180,8 +177,6 @@ async def test_probe_agrees_with_chromium(pages, chromium) -> None:
                 return await probe(f"http://127.0.0.1:{port}/c/probe/{combo.index}", request)
 
         results = await asyncio.gather(*(judge(c) for c in combos))
-    finally:
-        await runner.cleanup()
 
     disagreements, departures = [], 0
     for combo, result in zip(combos, results, strict=True):

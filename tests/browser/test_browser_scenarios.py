@@ -104,6 +104,7 @@ async def test_put_preflight_answered_by_proxy_and_cached_for_max_age(
     assert first == {"ok": True, "status": 200, "body": "ok", "headers": {}}
     await eventually(lambda: counted(proxy, "preflight") == 1)
     # Past Chromium's 5 s default cache time: only Access-Control-Max-Age keeps it cached.
+    # Not a wait for an effect: the time passing is the scenario (a browser marker test).
     await asyncio.sleep(5.5)
     second = await tab.fetch(api(proxy, "/orders/7"), init)
     assert second["ok"] and second["status"] == 200, second

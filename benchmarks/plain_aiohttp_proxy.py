@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A plain aiohttp + uvloop CORS proxy: the peer issue 7 compares against.
+"""A plain aiohttp + uvloop CORS proxy: the peer of docs/performance.md#targets.
 
 What someone would write in an afternoon: aiohttp's web server, one pooled ``ClientSession``,
 the same rules as the benchmark's corsproxy and nginx configs (one allowed origin with

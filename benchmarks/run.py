@@ -13,7 +13,7 @@ Starts, on 127.0.0.1 ephemeral ports:
   nginx      the reference CORS proxy, 1 worker, same rules as corsproxy
   corsproxy  `serve -c`, access_log off, 1 worker (and a second one with workers: 2)
   aiohttp    a plain aiohttp + uvloop proxy with the same rules (plain_aiohttp_proxy.py), the
-             peer issue 7 names
+             peer docs/performance.md#targets names
 and drives them with wrk (1 thread). Figures: req/s, p50, p99, proxy CPU time per request
 (user+sys of the proxy's process tree / requests), peak RSS of the largest process (sampled
 every 100 ms; CPython rarely returns memory: it is the high-water mark so far). Each is the median

@@ -1,8 +1,8 @@
 """The decision engine: the facts of one request in, a ``Decision`` out. Pure.
-docs/configuration.md, "What happens to a request", says the same in prose.
 
-Read it next to SPEC section 4: ``decide`` is the ladder of early returns (several
-Origins -> not CORS -> WebSocket -> preflight -> actual), and each rung is one function.
+Read it next to docs/configuration.md#what-happens-to-a-request, which says the same in
+prose: ``decide`` is the ladder of early returns (several Origins -> not CORS -> WebSocket
+-> preflight -> actual), and each rung is one function.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""The admin listener's live page (issue 14): the bounded refusal buffer, grouping, the
+"""The admin listener's live page: the bounded refusal buffer, grouping, the
 per-second rates, aggregation across workers (a real ``workers: 2`` proxy: /state.json
 totals equal /metrics), the page's headers and size, and the Grafana dashboard's PromQL
-against a real /metrics scrape. Its suggested rules (issue 17): equal to ``corsproxy
+against a real /metrics scrape. Its suggested rules: equal to ``corsproxy
 suggest`` on the same traffic's access log, bounded, aged out after an hour, merged across
 workers."""
 
@@ -341,7 +341,7 @@ async def test_grafana_dashboard_names_only_what_metrics_exposes(tmp_path: Path)
         assert topic in titles, topic
 
 
-# --- the suggested rules (issue 17): the last hour's traffic, as `corsproxy suggest` ----------
+# --- the suggested rules: the last hour's traffic, as `corsproxy suggest` ----------
 
 TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 SEEN = re.compile(rf"seen {TIME.pattern}|first {TIME.pattern}, last {TIME.pattern}")

@@ -1,4 +1,4 @@
-"""What an operator reads (issue 13, findings 4, 5 and 7), with real `python -m corsproxy`
+"""What an operator reads, with real `python -m corsproxy`
 processes on 127.0.0.1: the start-up summary line, the admin listener from a flag or a
 variable, which listener a bind failure names, reload messages that say what changed, the
 `unchanged` reload result, a config file that disappears, and the metrics added for them."""

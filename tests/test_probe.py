@@ -1,4 +1,4 @@
-"""`corsproxy probe` against a server that is NOT corsproxy (issue 4).
+"""`corsproxy probe` against a server that is NOT corsproxy.
 
 A plain aiohttp app on 127.0.0.1 answers the preflight and the actual request with headers
 set by hand from a table; each row carries the verdict the Fetch Standard gives, the check

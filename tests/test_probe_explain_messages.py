@@ -1,4 +1,4 @@
-"""The messages of `probe` and `explain` (issue 13): probe names the check a corsproxy refusal
+"""The messages of `probe` and `explain`: probe names the check a corsproxy refusal
 names and hints at the flag or key that fixes it; explain models serve's no-file mode
 (--upstream / --allow-origin / --allow-credentials and their variables); every subcommand's
 --help has a description, an example and its exit statuses.

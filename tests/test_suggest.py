@@ -1,4 +1,4 @@
-"""``corsproxy suggest`` (issue 17): access-log lines in, the tightest rules that serve them out.
+"""``corsproxy suggest``: access-log lines in, the tightest rules that serve them out.
 
 The pure part (corsproxy/config/suggest.py) is table-tested; the whole loop runs against the real
 proxy: report_only in front of an upstream, a recorded mix of browser requests, its JSON

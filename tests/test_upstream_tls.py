@@ -1,4 +1,4 @@
-"""https:// upstreams (issue 16): a private CA, client certificates, the self-signed dev
+"""https:// upstreams: a private CA, client certificates, the self-signed dev
 server, with real aiohttp HTTPS upstreams on 127.0.0.1 and certificates from trustme."""
 
 from __future__ import annotations

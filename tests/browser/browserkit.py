@@ -1,4 +1,4 @@
-"""Headless Chromium for end-to-end tests (issue 5), driven by Playwright's async API.
+"""Headless Chromium for end-to-end tests, driven by Playwright's async API.
 
 Not a conftest.py: the other test modules import ``conftest`` by name (tests/conftest.py), so
 a second conftest module would shadow it. Test modules here import the fixtures

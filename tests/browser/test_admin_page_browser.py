@@ -1,6 +1,6 @@
-"""The admin listener's live page (issue 14) in headless Chromium, against a real
+"""The admin listener's live page in headless Chromium, against a real
 ``python -m corsproxy`` process: routes in order, a refusal with its reason and fix within
-2 s without a reload, counters that move, the suggested rules of the traffic seen (issue 17),
+2 s without a reload, counters that move, the suggested rules of the traffic seen,
 a refused config file under reloads, markup in an Origin shown as text (in the suggestion
 too), no Cookie/Authorization value anywhere. The last test takes the screenshot in
 docs/images/admin-page.png from the demo."""

@@ -1,4 +1,4 @@
-"""``corsproxy probe`` against Chromium (issue 5, item 4).
+"""``corsproxy probe`` against Chromium.
 
 A small server answers each generated combination of preflight status and
 ``Access-Control-Allow-*`` headers; for each, the page at ``http://app.example.test:A`` does

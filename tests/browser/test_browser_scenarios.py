@@ -1,4 +1,4 @@
-"""What a real browser lets a page do through the proxy (issue 5, item 3).
+"""What a real browser lets a page do through the proxy.
 
 Each test asserts both sides: what the page's JavaScript saw (status, readable headers, or
 the error) and what the upstream received. The page lives at ``http://<host>.example.test:A``

@@ -1,7 +1,7 @@
 """Shared fixtures: a real recording upstream and the real proxy, both on 127.0.0.1.
 
 Also the ``--all`` option: plain ``python3 -m pytest`` deselects the tests marked ``slow``,
-``browser`` and ``fuzz`` (pyproject.toml's addopts), ``--all`` runs them too (what CI runs).
+``browser`` and ``fuzz`` (unless ``-m`` is given), ``--all`` runs them too (what CI runs).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from corsproxy.runtime.app import Running, start
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
-# What pyproject.toml's addopts deselects; ``--all`` lifts it.
+# What a run without ``-m`` leaves out; ``--all`` runs it too (docs/testing.md).
 DEFAULT_MARKEXPR = "not slow and not browser and not fuzz"
 
 
@@ -36,9 +36,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    # Only the default selection is lifted: `--all -m browser` still means the browser tests.
-    if config.getoption("--all") and config.option.markexpr == DEFAULT_MARKEXPR:
-        config.option.markexpr = ""
+    # An explicit -m wins (`--all -m browser` means the browser tests); without one, the
+    # default run leaves the slow ones out unless --all is given.
+    if not config.option.markexpr and not config.getoption("--all"):
+        config.option.markexpr = DEFAULT_MARKEXPR
 
 
 @asynccontextmanager

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     parser = argparse.ArgumentParser(
-        prog="python -m corsproxy.tools.echo", description="the corsproxy demo's echo upstream"
+        prog="python -m corsproxy.echo", description="the corsproxy demo's echo upstream"
     )
     parser.add_argument(
         "--listen", default="127.0.0.1:3000", metavar="HOST:PORT", help="default 127.0.0.1:3000"

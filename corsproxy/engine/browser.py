@@ -9,7 +9,7 @@ follows the standard and the departure is noted.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
@@ -468,7 +468,7 @@ def _preflight_failure(verdict: Verdict, status: int | None) -> Verdict:
 
 def drive(steps: Generator[Sent, R, Walk[R]], answer: Callable[[Sent], R]) -> Walk[R]:
     """Run a walk to its end, ``answer`` giving each response (explain: the proxy's
-    decision engine; probe drives the same generator from async code)."""
+    decision engine)."""
     response: R | None = None
     while True:
         try:
@@ -476,3 +476,16 @@ def drive(steps: Generator[Sent, R, Walk[R]], answer: Callable[[Sent], R]) -> Wa
         except StopIteration as done:
             return done.value
         response = answer(sent)
+
+
+async def drive_async(
+    steps: Generator[Sent, R, Walk[R]], answer: Callable[[Sent], Awaitable[R]]
+) -> Walk[R]:
+    """``drive`` for an exchange that must be awaited (probe: the network)."""
+    response: R | None = None
+    while True:
+        try:
+            sent = next(steps) if response is None else steps.send(response)
+        except StopIteration as done:
+            return done.value
+        response = await answer(sent)

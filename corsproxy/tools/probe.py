@@ -189,16 +189,10 @@ async def probe(url: str, request: browser.Request, timeout: float = 10.0) -> Pr
         request_class=_literal_method_request(browser.normalise_method(request.method)),
         auto_decompress=False,
     )
-    steps = browser.walk(request)
-    reply: Reply | None = None
     async with session:
-        while True:  # browser.drive, with an await between the steps
-            try:
-                sent = next(steps) if reply is None else steps.send(reply)
-            except StopIteration as done:
-                walk: browser.Walk[Reply] = done.value
-                break
-            reply = await _send(session, sent, target, timeout)
+        walk = await browser.drive_async(
+            browser.walk(request), lambda sent: _send(session, sent, target, timeout)
+        )
     return judged(url, walk)
 
 

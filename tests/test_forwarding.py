@@ -12,8 +12,7 @@ import re
 
 import pytest
 from aiohttp import web
-
-from tests.conftest import parse_head, raw_request
+from conftest import parse_head, raw_request
 
 
 def get(target: str, *headers: str, method: str = "GET", host: str = "front.test") -> bytes:

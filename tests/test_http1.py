@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 
 import pytest
 from aiohttp import WSMsgType, web
+from conftest import parse_head
+from procutil import eventually
 
 from corsproxy.config.load import parse_settings
 from corsproxy.http import proxy as proxy_module
 from corsproxy.http.listener import ClientConnection
-from tests.conftest import parse_head
-from tests.procutil import eventually
 
 APP = "https://app.test"
 OTHER = "https://other.test"

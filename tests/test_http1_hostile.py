@@ -18,8 +18,7 @@ import struct
 
 import pytest
 from procutil import eventually
-
-from tests.test_http1 import (  # noqa: F401  (raw_upstream is a fixture)
+from test_http1 import (  # noqa: F401  (raw_upstream is a fixture)
     APP,
     CONFIG,
     EVIL,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from aiohttp import web
+from conftest import serving
 from multidict import CIMultiDict
 from procutil import clean_env, corsproxy_cmd, free_port
 
@@ -63,13 +64,9 @@ class HandSet:
 @pytest.fixture
 async def server() -> AsyncIterator[HandSet]:
     app = HandSet()
-    runner = web.ServerRunner(web.Server(app.handle, access_log=None))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    app.url = f"http://127.0.0.1:{runner.addresses[0][1]}/api/things?x=1"
-    yield app
-    await runner.cleanup()
+    async with serving(app.handle) as port:
+        app.url = f"http://127.0.0.1:{port}/api/things?x=1"
+        yield app
 
 
 @dataclass(frozen=True)

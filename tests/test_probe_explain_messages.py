@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from conftest import ProxyFactory, Upstream
+from conftest import ProxyFactory, Upstream, serving
 from procutil import REPO, clean_env, corsproxy_cmd, free_port, run, running, wait_port
 
 from corsproxy.config.load import settings_from_flags
@@ -173,16 +173,10 @@ async def test_probe_shows_the_first_body_line_of_any_server() -> None:
             return web.Response(status=401, text="token missing\r\nsecond line\n")
         return web.Response(text="fine\n")
 
-    runner = web.ServerRunner(web.Server(handle, access_log=None))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}/x"
+    async with serving(handle) as port:
+        url = f"http://127.0.0.1:{port}/x"
         result = await probe(url, browser.Request(APP, "PUT"))
         ok = await probe(url, browser.Request(APP))
-    finally:
-        await runner.cleanup()
     text = format_text(result)
     assert "< 401 Unauthorized\n< (no Access-Control-* headers)\n< (body) token missing\n" in text
     assert "second line" not in text and "browser:" not in text

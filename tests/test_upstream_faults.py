@@ -9,8 +9,7 @@ import json
 import logging
 
 from procutil import eventually, free_port
-
-from tests.test_http1 import CONFIG, connection, read_response, request
+from test_http1 import CONFIG, connection, read_response, request
 
 
 def warnings_about(caplog, url: str) -> list[str]:

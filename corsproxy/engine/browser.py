@@ -426,7 +426,7 @@ def walk(request: Request, same_origin: bool = False) -> Generator[Sent, R, Walk
         why = (
             f"not verified: the server redirects ({response.status}) to {location}; the "
             "redirect passes the CORS check, but what the page reads is the next response: "
-            "probe that URL"
+            "check that URL as well"
         )
         verdict = Verdict(False, why, "Fetch 'HTTP-redirect fetch'")
         return Walk(request, planned, preflight, actual, verdict, "actual", redirect=location)

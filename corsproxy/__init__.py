@@ -15,7 +15,9 @@ derives these rules from the tree and refuses import cycles.
   ``validate`` (every key checked through the tables of ``keys``); ``addresses``,
   ``upstream_tls``; ``schema``, ``view`` and ``suggest`` read the same tables and settings.
 * ``observe`` (+ prometheus-client): ``metrics``, ``accesslog``, ``live`` (the admin page's
-  recent decisions). Below ``http``, because forwarding records as it goes.
+  recent decisions), ``traffic`` (the last hour's CORS requests, counted for the page's
+  suggested rules), ``snapshots`` (a worker's files for the supervisor's page). Below
+  ``http``, because forwarding records as it goes.
 * ``http`` (+ httptools): ``wire`` (HTTP/1.1 rules as pure functions), ``listener``
   (clients), ``upstream`` (pooled upstream connections), ``proxy``, ``tunnel`` and
   ``frames`` (WebSocket sessions).
@@ -30,7 +32,8 @@ normalises the path (``engine.paths``), picks the ``Route`` and asks ``engine.co
 the request to the upstream through ``http.upstream.UpstreamPool`` and the answer back,
 the decision's headers applied before the response head is written; an allowed WebSocket
 upgrade becomes an ``http.tunnel.Tunnel``. When it ends, ``Proxy.finished`` records it in
-``observe``. The proxy, never a peer, decides every message's framing.
+``observe``: metrics, the access-log line, a refusal in ``live``, a CORS request counted in
+``traffic``. The proxy, never a peer, decides every message's framing.
 
 Entry points: the ``corsproxy`` script and ``python -m corsproxy`` run ``tools.cli.main``,
 the only reader of argv and the environment; ``serve`` reads the config through

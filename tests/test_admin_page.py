@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import calendar
 import json
+import os
 import re
 import socket
+import threading
 import time
 import tracemalloc
 import urllib.request
@@ -24,6 +26,7 @@ from test_suggest import MIX, REPORT_ONLY, allows_every_origin, read_log, send
 from corsproxy.config.load import parse_settings
 from corsproxy.engine import browser
 from corsproxy.engine.cors import Action, Decision, Kind, Verdict
+from corsproxy.observe import snapshots
 from corsproxy.observe.live import (
     HISTORY,
     LiveLog,
@@ -34,10 +37,19 @@ from corsproxy.observe.live import (
     write_snapshot,
 )
 from corsproxy.observe.metrics import ReloadMetrics, RequestMetrics
-from corsproxy.observe.traffic import MAX_KEY_CHARS, MAX_KEYS, Suggester, Traffic, merge
-from corsproxy.observe.traffic import read_snapshots as read_traffic
+from corsproxy.observe.traffic import MAX_ENTRIES, MAX_KEY_CHARS, MAX_KEYS, Traffic, merge
+from corsproxy.observe.traffic import publish as traffic_publish
+from corsproxy.observe.traffic import read as read_traffic
 from corsproxy.observe.traffic import snapshot as traffic_snapshot
-from corsproxy.runtime.admin import PAGE_FILES, AdminView, admin_answer, page_file
+from corsproxy.runtime.admin import (
+    PAGE_FILES,
+    TEXT,
+    AdminView,
+    Suggester,
+    admin_answer,
+    page_file,
+    suggestion_answer,
+)
 from corsproxy.runtime.app import admin_view, open_admin
 
 REPO = Path(__file__).resolve().parent.parent
@@ -415,7 +427,17 @@ async def test_the_page_suggests_what_corsproxy_suggest_prints_for_the_same_traf
     assert "# keep: the API's own comment" in mine  # rendered against the file: comments kept
 
 
-def test_the_aggregate_is_bounded_and_says_what_it_left_out() -> None:
+def page_of(settings, traffic: Traffic, clock: list[float]) -> Suggester:
+    """A single process's suggestion, as runtime/app.py wires it, on a test clock."""
+    return Suggester(
+        lambda: settings,
+        lambda: [traffic_snapshot(traffic)],
+        lambda: traffic.version,
+        clock=lambda: clock[0],
+    )
+
+
+async def test_the_aggregate_is_bounded_and_says_what_it_left_out() -> None:
     clock = [1_800_000_000.0]
     traffic = Traffic(clock=lambda: clock[0], max_keys=100)
     for i in range(1000):  # a scan: a new Origin per request
@@ -423,53 +445,165 @@ def test_the_aggregate_is_bounded_and_says_what_it_left_out() -> None:
     traffic.add("api", "https://scan0.example.net", "actual", "GET", None, None, False)
     long = "https://" + "a" * MAX_KEY_CHARS + ".example.com"
     traffic.add("api", long, "actual", "GET", None, None, False)  # never kept, only counted
-    assert traffic.size == 100
+    assert len(traffic.keys) == 100 and traffic.entries == 100
     snap = traffic_snapshot(traffic)
     (bucket,) = snap["buckets"]
-    assert bucket[1] == 901 and len(bucket[2]) == 100
+    assert bucket[1] == {"long": 1, "keys": 900, "entries": 0} and len(bucket[2]) == 100
     settings = settings_of(CONFIG.format(port=0, admin=0, dead=1, workers=1))
-    found = Suggester(lambda: settings, lambda: [snap], clock=lambda: clock[0]).suggestion()
+    found = await page_of(settings, traffic, clock).suggestion()
     assert found["requests"] == 1002 and found["untracked"] == 901 and found["keys"] == 100
+    assert found["lost"] == {"long": 1, "keys": 900, "entries": 0}
     assert found["error"] is None
-    assert f"# 901 request(s) not counted: more than {MAX_KEYS} different" in found["yaml"]
+    assert (
+        f"# 901 request(s) not counted: 900 past the cap of {MAX_KEYS} different "
+        "(route, origin, method, headers) combinations a process keeps for the hour; "
+        f"1 with an Origin, method and header list over {MAX_KEY_CHARS} characters together"
+    ) in found["yaml"]
     assert "- https://scan0.example.net  # 2 requests" in found["yaml"]
     assert long not in found["yaml"]
 
 
+async def test_a_combination_seen_every_minute_counts_once_against_the_cap() -> None:
+    """The cap is on different keys in the hour, not on (key, minute) entries: 200
+    combinations seen every minute for two hours are all counted."""
+    clock = [1_800_000_000.0]
+    traffic = Traffic(clock=lambda: clock[0])
+    for _minute in range(120):
+        for i in range(200):
+            traffic.add("api", f"https://app{i}.example.com", "actual", "GET", None, None, False)
+        clock[0] += 60
+    clock[0] -= 1  # still in the last minute counted
+    assert len(traffic.keys) == 200 and traffic.entries == 200 * 60
+    settings = settings_of(CONFIG.format(port=0, admin=0, dead=1, workers=1))
+    found = await page_of(settings, traffic, clock).suggestion()
+    assert found["untracked"] == 0 and found["requests"] == 200 * 60
+    assert "not counted" not in found["yaml"]
+    assert "- https://app7.example.com  # 60 requests" in found["yaml"]
+    # past the second bound, on (key, minute) entries, the comment names that one
+    small = Traffic(clock=lambda: clock[0], max_entries=250)
+    for _minute in range(2):
+        for i in range(200):
+            small.add("api", f"https://app{i}.example.com", "actual", "GET", None, None, False)
+        clock[0] += 60
+    clock[0] -= 1
+    found = await page_of(settings, small, clock).suggestion()
+    assert found["lost"] == {"long": 0, "keys": 0, "entries": 150}
+    assert (
+        f"# 150 request(s) not counted: 150 past the cap of {MAX_ENTRIES} (combination, minute)"
+        in (found["yaml"])
+    )
+
+
+def test_every_field_counts_towards_the_length_limit() -> None:
+    """A requested method is the raw Access-Control-Request-Method value (up to 8 KiB): too
+    long is not kept, only counted; not a token counts as "", as corsproxy suggest does."""
+    clock = [1_800_000_000.0]
+    traffic = Traffic(clock=lambda: clock[0])
+    origin = "https://app.example.com"
+    traffic.add("api", origin, "preflight", "OPTIONS", "P" * 8192, "x-a", False)
+    traffic.add("api", origin, "preflight", "OPTIONS", "PUT <script>", "x-a", False)
+    traffic.add("api", origin, "preflight", "OPTIONS", "BAD METHOD", "x-a", False)
+    assert traffic.entries == 1 and len(traffic.keys) == 1
+    ((key, entry),) = traffic.current.counts.items()
+    assert key[4] == "" and entry[0] == 2
+    assert traffic.current.lost == {"long": 1, "keys": 0, "entries": 0}
+
+
 def test_the_aggregate_memory_is_bounded_at_the_cap() -> None:
-    """Keys as long as are kept, four times the cap: a few MiB, whatever comes."""
+    """Keys as long as are kept, four times the cap, the longest method allowed: a few MiB
+    (and the entries cap, every key seen every minute: a few MiB more), whatever comes."""
+    clock = [1_800_000_000.0]
     tracemalloc.start()
     try:
-        traffic = Traffic()
+        traffic = Traffic(clock=lambda: clock[0])
         for i in range(4 * MAX_KEYS):
-            origin = f"https://{i:06d}" + "a" * (MAX_KEY_CHARS - 80) + ".example.com"
-            traffic.add("api", origin, "preflight", "OPTIONS", "PUT", "x-a,x-b", True)
+            origin = f"https://{i:06d}" + "a" * (MAX_KEY_CHARS - 300) + ".example.com"
+            traffic.add("api", origin, "preflight", "OPTIONS", "M" * 200, "x-a,x-b", True)
+            traffic.add("api", origin, "preflight", "OPTIONS", "P" * 8192, "x-a,x-b", True)
+        keys, _ = tracemalloc.get_traced_memory()
+        for _minute in range(60):
+            clock[0] += 60
+            for key in list(traffic.keys):
+                traffic.add(*key)
         used, _ = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert traffic.size == MAX_KEYS
-    assert used < 10 * 2**20, used / 2**20
+    assert len(traffic.keys) == MAX_KEYS and traffic.entries == MAX_ENTRIES
+    assert keys < 8 * 2**20, keys / 2**20
+    assert used < 16 * 2**20, used / 2**20
 
 
-def test_buckets_older_than_an_hour_age_out() -> None:
+async def test_buckets_older_than_an_hour_age_out() -> None:
     clock = [1_800_000_000.0]  # a minute boundary
     traffic = Traffic(clock=lambda: clock[0])
     settings = settings_of(CONFIG.format(port=0, admin=0, dead=1, workers=1))
-    page = Suggester(lambda: settings, lambda: [traffic_snapshot(traffic)], clock=lambda: clock[0])
+    page = page_of(settings, traffic, clock)
     traffic.add("api", "https://old.example.com", "actual", "GET", None, None, False)
     clock[0] += 30 * 60
     traffic.add("api", "https://new.example.com", "actual", "GET", None, None, False)
-    assert traffic.size == 2 and "https://old.example.com" in page.suggestion()["yaml"]
+    assert traffic.entries == 2 and "https://old.example.com" in (await page.suggestion())["yaml"]
     clock[0] += 29 * 60 + 59  # 59:59 after the first: still within the hour
-    assert page.suggestion()["requests"] == 2
+    assert (await page.suggestion())["requests"] == 2
     clock[0] += 1  # a new minute: the first one's bucket is an hour old
-    found = page.suggestion()
+    found = await page.suggestion()
     assert found["requests"] == 1 and "https://old.example.com" not in found["yaml"]
     traffic.add("api", "https://new.example.com", "actual", "GET", None, None, False)
-    assert traffic.size == 2 and len(traffic.buckets) == 2  # the old bucket is gone
+    assert traffic.entries == 2 and len(traffic.buckets) == 2  # the old bucket is gone
+    assert list(traffic.keys) == [
+        ("api", "https://new.example.com", "actual", "GET", None, None, False)
+    ]
+    assert traffic.keys[next(iter(traffic.keys))][0] == 2  # held by two buckets
     # A worker's file that was not rewritten for two hours counts for nothing.
     stale = traffic_snapshot(traffic)
-    assert merge([stale], clock[0] + 2 * 3600) == ({}, 0)
+    assert merge([stale], clock[0] + 2 * 3600) == ({}, {"long": 0, "keys": 0, "entries": 0})
+
+
+async def test_the_suggestion_is_cached_and_worked_out_off_the_loop() -> None:
+    """One build per (min_count, counts); the snapshot is taken on the loop, the rest runs
+    in a thread while the loop keeps serving."""
+    clock = [1_800_000_000.0]
+    traffic = Traffic(clock=lambda: clock[0])
+    settings = settings_of(CONFIG.format(port=0, admin=0, dead=1, workers=1))
+    loop_thread = threading.get_ident()
+    taken: list[int] = []
+
+    def snapshots() -> list[dict]:
+        taken.append(threading.get_ident())
+        return [traffic_snapshot(traffic)]
+
+    page = Suggester(lambda: settings, snapshots, lambda: traffic.version, clock=lambda: clock[0])
+    traffic.add("api", "https://app.example.com", "actual", "GET", None, None, False)
+    first = await page.suggestion()
+    assert (await page.suggestion()) is first and page.builds == 1  # the same counts
+    assert (await page.suggestion(2)) is not first and page.builds == 2
+    traffic.add("api", "https://app.example.com", "actual", "GET", None, None, False)
+    assert (await page.suggestion())["requests"] == 2 and page.builds == 3  # counts changed
+    assert taken == [loop_thread] * 3  # a live Traffic is copied on the loop
+    # workers' files are read in the thread (nothing on the loop changes them)
+    files = Suggester(lambda: settings, snapshots, lambda: 1, threadsafe=True)
+    await files.suggestion()
+    assert taken[-1] != loop_thread
+
+    # at the cap, the loop keeps its ticks while the suggestion is worked out
+    big = Traffic(clock=lambda: clock[0])
+    for i in range(MAX_KEYS):
+        big.add("api", f"https://app{i}.example.com", "actual", "GET", None, None, False)
+    slow = page_of(settings, big, clock)
+    gaps: list[float] = []
+
+    async def tick() -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(0.005)
+            gaps.append(time.perf_counter() - before)
+
+    ticker = asyncio.ensure_future(tick())
+    started = time.perf_counter()
+    found = await slow.suggestion()
+    took = time.perf_counter() - started
+    ticker.cancel()
+    assert found["keys"] == MAX_KEYS and found["error"] is None
+    assert len(gaps) > 5 and max(gaps) < max(0.5 * took, 0.1), (max(gaps), took)
 
 
 def test_workers_snapshots_merge_into_one_count(tmp_path: Path) -> None:
@@ -482,26 +616,49 @@ def test_workers_snapshots_merge_into_one_count(tmp_path: Path) -> None:
         data = traffic_snapshot(traffic)
         (tmp_path / f"{pid}.json").write_text(json.dumps({**data, "pid": pid}))
     (tmp_path / ".303.json.new").write_text("{half a fi")  # a file mid-write is not read
-    counts, untracked = merge(read_traffic(tmp_path), clock[0] + 100)
-    assert counts == {key: [6, clock[0], clock[0] + 90.0]} and untracked == 0
+    gone = tmp_path / "404.json"  # a replaced worker's, not rewritten for over an hour
+    gone.write_text(json.dumps({**data, "pid": 404}))
+    os.utime(gone, (time.time() - 3700, time.time() - 3700))
+    counts, lost = merge(read_traffic(tmp_path), clock[0] + 100)
+    assert counts == {key: [6, clock[0], clock[0] + 90.0]} and sum(lost.values()) == 0
+    assert not gone.exists()  # deleted when read
 
 
-def test_suggest_endpoints_only_with_a_suggester() -> None:
+async def test_a_stopping_worker_writes_what_it_has_not_yet(tmp_path: Path) -> None:
+    """The writer is woken by a change, waits to batch, writes; cancelled, it writes what
+    changed since then. Idle, it writes nothing."""
+    traffic = Traffic()
+    writer = asyncio.ensure_future(traffic_publish(traffic, tmp_path))
+    await asyncio.sleep(0.05)
+    assert list(tmp_path.iterdir()) == []  # nothing counted: nothing written
+    traffic.add("api", "https://app.example.com", "actual", "GET", None, None, False)
+    await asyncio.sleep(0.05)  # within PUBLISH_SECONDS: not written yet
+    writer.cancel()
+    await asyncio.gather(writer, return_exceptions=True)
+    (data,) = read_traffic(tmp_path)
+    assert data["keys"][0][1] == "https://app.example.com"
+    assert traffic.on_change is None and not traffic.dirty
+
+
+async def test_suggest_endpoints_only_with_a_suggester() -> None:
     view = AdminView(ready=lambda: True, metrics=lambda: b"", config=dict, state=dict)
-    assert admin_answer(view, "GET", "/suggest.yaml")[0] == 404
+    assert admin_answer(view, "GET", "/suggest.yaml") == (404, TEXT, b"404: Not Found\n")
+
+    async def broken(n: int) -> dict:
+        return {"yaml": "", "error": "no suggestion: broken"}
+
     failing = AdminView(
-        ready=lambda: True,
-        metrics=lambda: b"",
-        config=dict,
-        state=dict,
-        suggestion=lambda n: {"yaml": "", "error": "no suggestion: broken"},
+        ready=lambda: True, metrics=lambda: b"", config=dict, state=dict, suggestion=broken
     )
-    assert admin_answer(failing, "GET", "/suggest.yaml") == (
+    assert admin_answer(failing, "GET", "/suggest.yaml") is None  # worked out, async
+    assert admin_answer(failing, "POST", "/suggest.yaml")[0] == 405
+    assert await suggestion_answer(failing, "/suggest.yaml") == (
         500,
-        "text/plain; charset=utf-8",
+        TEXT,
         b"500: no suggestion: broken\n",
     )
-    assert admin_answer(failing, "GET", "/suggest.yaml?min_count=x")[0] == 400
+    for bad in ("x", "0", "-1", "%C2%B2", "\u00b2", "1e3", "99999999999"):
+        assert (await suggestion_answer(failing, f"/suggest.yaml?min_count={bad}"))[0] == 400
 
 
 async def test_two_workers_one_suggestion(tmp_path: Path) -> None:
@@ -526,3 +683,20 @@ async def test_two_workers_one_suggestion(tmp_path: Path) -> None:
     for origin in origins:
         assert f"- {origin.decode()}  # 4 requests" in found["yaml"]
     assert found["error"] is None and found["against"] == str(path)
+
+
+def test_prune_keeps_the_living_and_the_newest_dead(tmp_path: Path) -> None:
+    """A worker crashing again and again cannot fill the snapshot folder: the supervisor
+    keeps the files of living workers and of the ``spare`` that died last."""
+    for age, pid in enumerate((101, 102, 103, 104, 105)):  # 101 newest, 105 oldest
+        path = tmp_path / f"{pid}.json"
+        path.write_text("{}")
+        os.utime(path, (time.time() - age * 10, time.time() - age * 10))
+    (tmp_path / ".103.json.new").write_text("{")  # a write in progress is not a snapshot
+    snapshots.prune(tmp_path, alive={104}, spare=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".103.json.new",
+        "101.json",
+        "102.json",
+        "104.json",
+    ]

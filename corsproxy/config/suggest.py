@@ -1,6 +1,8 @@
 """``corsproxy suggest``: observed requests in, the tightest rules that serve them out. Pure.
 
-Three steps, no I/O (the command line reads the files and prints, ``cli.run_suggest``):
+Three steps, no I/O, run together by ``suggest_config`` for both callers (the command
+line, ``cli.run_suggest``, reads the files and prints; the admin page's ``/suggest.yaml``,
+runtime/admin.py, counts the last hour's traffic, observe/traffic.py):
 
 1. ``Observations.add_line`` reads one JSON access-log line and counts it under its key
    (route, origin, kind, method, requested headers, credentials), with the first and last
@@ -21,6 +23,9 @@ Three steps, no I/O (the command line reads the files and prints, ``cli.run_sugg
    written in flow style (``cors: {max_age: 60}``) or through an alias is written out again
    as a block mapping; comments inside it are the only ones lost.
 
+``suggest_config`` then checks the result as ``corsproxy check`` would: what it returns
+always loads; otherwise it raises ``NoSuggestion``.
+
 Every route gets its own four keys, so what a route allows no longer depends on
 ``defaults`` (which then serve the catch-all route only). Other keys (``max_age``,
 ``expose_headers``, ``report_only``...) are left as they are.
@@ -39,7 +44,8 @@ from typing import Any
 
 import yaml
 
-from corsproxy.config.tree import ConfigLoader
+from corsproxy.config.load import parse_settings
+from corsproxy.config.tree import ConfigInvalid, ConfigLoader, Diagnostic
 from corsproxy.engine import headers as h
 from corsproxy.engine.origins import NULL_ORIGIN, ParsedOrigin, split_origin
 from corsproxy.engine.policy import Settings
@@ -687,4 +693,48 @@ def preamble(obs: Observations, plans: Sequence[Plan], unknown: dict[str, int]) 
     risky = sum(len(p.risky) for p in plans)
     if risky:
         out.append(f"# {risky} risky origin(s) left out: see the RISKY comments")
+    return out
+
+
+# --- all three, checked --------------------------------------------------------------
+
+
+class NoSuggestion(Exception):
+    """``suggest_config`` has no suggestion. ``diagnostics`` None: the rules cannot be
+    written into the text (the message says why, the file's path first). Otherwise the
+    result fails check, for these reasons (a bug; never shown as a suggestion)."""
+
+    def __init__(self, message: str, diagnostics: Sequence[Diagnostic] | None = None) -> None:
+        detail = "".join(f"\n{d}" for d in diagnostics or ())
+        super().__init__(message + detail)
+        self.message = message
+        self.diagnostics = None if diagnostics is None else list(diagnostics)
+
+
+def suggest_config(
+    text: str,
+    path: str,
+    settings: Settings,
+    obs: Observations,
+    min_count: int = 1,
+    heading: Sequence[str] | None = None,
+) -> str:
+    """The config ``text`` (read from ``path``, holding ``settings``) with the rules ``obs``
+    suggests at ``min_count`` written in: ``plan``, the ``preamble`` (its first line
+    replaced by ``heading`` when given) and the ``report_only_note`` at the top, ``render``,
+    then checked. Raises NoSuggestion."""
+    refs = policy_refs(settings)
+    plans = plan(obs, refs, min_count)
+    head = preamble(obs, plans, unknown_routes(obs, refs))
+    if heading is not None:
+        head[:1] = heading
+    head += report_only_note(settings)
+    try:
+        out = render(text, plans, head)
+    except ValueError as exc:
+        raise NoSuggestion(f"{path}: {exc}") from None
+    try:
+        parse_settings(out, path)
+    except ConfigInvalid as exc:
+        raise NoSuggestion("the suggestion fails check:", exc.diagnostics) from None
     return out

@@ -15,10 +15,11 @@ Two halves, so the request path pays almost nothing:
   from the ``Reloader``.
 
 With ``workers: N`` each worker writes its ``LiveLog`` as a small JSON file,
-``<run folder>/live/<pid>.json``, a quarter second after it changed (written to a
-temporary name, then renamed: the supervisor never reads half a file); the supervisor reads them all
-next to the Prometheus multiprocess files it already sums for ``/metrics``. A dead worker's
-file stays, as its counts stay in ``/metrics``.
+``<run folder>/live/<pid>.json``, a quarter second after it changed, and once more when it
+stops (snapshots.py: written to a temporary name, then renamed, so the supervisor never
+reads half a file); the supervisor reads them all next to the Prometheus multiprocess files
+it already sums for ``/metrics``. A dead worker's file stays, as its counts stay in
+``/metrics``.
 
 ``LiveLog.traffic`` counts the last hour's CORS requests for the page's suggested rules
 (traffic.py).
@@ -30,10 +31,7 @@ method, Access-Control-Request-Method and -Headers. Host and path are kept only 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
-import json
 import os
 import time
 from collections import deque
@@ -47,6 +45,7 @@ from corsproxy.engine import browser
 from corsproxy.engine.cors import Decision, Verdict
 from corsproxy.engine.explain import describe_value, explain
 from corsproxy.engine.policy import Settings
+from corsproxy.observe import snapshots
 from corsproxy.observe.traffic import Traffic
 
 REFUSALS = 100  # refused requests kept per process, and shown (the newest, all processes)
@@ -137,40 +136,19 @@ def snapshot(log: LiveLog) -> dict[str, Any]:
 
 
 def write_snapshot(log: LiveLog, folder: Path) -> None:
-    """Atomically (a temporary file, then a rename)."""
-    final = folder / f"{os.getpid()}.json"
-    partial = folder / f".{os.getpid()}.json.new"
-    partial.write_text(json.dumps(snapshot(log)))
-    partial.replace(final)
+    """This process's file in ``folder``, atomically (snapshots.py)."""
+    snapshots.write(folder, snapshot(log))
 
 
 async def publish(log: LiveLog, folder: Path) -> None:
-    """A worker: rewrite its snapshot shortly after its log changed (a burst of refusals
-    is one write), until cancelled. Woken by the change, never on a tick."""
-    changed = asyncio.Event()
-    log.on_change = changed.set
-    try:
-        while True:
-            await changed.wait()
-            await asyncio.sleep(PUBLISH_SECONDS)  # gather what follows into the same write
-            changed.clear()
-            with contextlib.suppress(OSError):
-                write_snapshot(log, folder)
-    finally:
-        log.on_change = None
+    """A worker: rewrite its file PUBLISH_SECONDS after its log changed (a burst of
+    refusals is one write), until cancelled, and once more then (snapshots.publish)."""
+    await snapshots.publish(log, folder, lambda: snapshot(log), PUBLISH_SECONDS)
 
 
 def read_snapshots(folder: Path) -> list[dict[str, Any]]:
-    """Every worker's snapshot (a file caught mid-rename or unreadable is skipped)."""
-    found = []
-    for path in sorted(folder.glob("*.json")):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict):
-            found.append(data)
-    return found
+    """Every worker's file (one caught mid-rename or unreadable is skipped)."""
+    return snapshots.read(folder)
 
 
 # --- aggregation, when /state.json is read --------------------------------------------

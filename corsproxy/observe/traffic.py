@@ -1,31 +1,35 @@
 """The admin page's suggested rules (docs/operations.md#live-page): the last hour of CORS
-requests, counted per minute, turned into what ``corsproxy suggest`` prints when asked.
+requests, counted per minute. What is suggested from the counts is worked out when asked
+(runtime/admin.py's ``Suggester``, through ``config.suggest.suggest_config``, the code
+``corsproxy suggest`` runs on an access log).
 
-* ``Traffic``, one per process (``LiveLog.traffic``). ``Proxy.record`` calls ``add`` for every
-  CORS request with the access log's own fields (route, origin, kind, method, the requested
-  method and header names, credentials): one dict lookup and increment in the current
-  minute's bucket. Buckets older than an hour are dropped when a new minute starts. At most
-  ``MAX_KEYS`` entries (a key in one minute) are kept over all buckets, none whose Origin and
-  header list are longer than ``MAX_KEY_CHARS``: what does not fit is counted as untracked
-  and said, so the memory is bounded whatever the traffic (a scan sending a new Origin per
-  request included).
-* ``Suggester``, in the process that owns the admin listener: on ``/suggest.json`` or
-  ``/suggest.yaml`` it merges every process's buckets of the last hour, converts them into
-  ``config.suggest.Observations`` and runs ``plan`` and ``render``, the same code
-  ``corsproxy suggest`` runs on an access log, against the config file the running settings
-  came from (its comments kept) or, without one, against the running settings.
+``Traffic``, one per process (``LiveLog.traffic``). ``Proxy.record`` calls ``add`` for every
+CORS request with the access log's own fields (route, origin, kind, method, the requested
+method and header names, credentials): one dict lookup and increment in the current
+minute's bucket (key -> [count, first seen, last seen]). A minute's bucket is dropped when
+it is an hour old. Memory is bounded whatever the traffic (a scan sending a new Origin per
+request included), by three limits; a request past one is counted as not tracked, under
+that limit's name, and the suggestion says which:
 
-With ``workers: N`` each worker writes its buckets to ``<run folder>/traffic/<pid>.json``
-at most every ``PUBLISH_SECONDS`` while they change (a temporary file renamed into place),
-next to the live page's files; the supervisor merges them when the suggestion is asked for.
-The first request after a write wakes the writer: an idle worker does nothing, on no tick.
+* ``long``: a key whose fields together (route, origin, method, requested method and
+  header names) are over ``MAX_KEY_CHARS``;
+* ``keys``: more than ``MAX_KEYS`` different keys in the hour. ``keys`` holds each key once,
+  with how many buckets hold it; a key goes when the last bucket holding it does;
+* ``entries``: more than ``MAX_ENTRIES`` (key, minute) entries over the hour (a key seen
+  every minute takes 60).
+
+A requested method that is not a token counts as ``""``, as ``corsproxy suggest`` counts
+it. The first and last times seen are those within the hour kept (an older request is no
+longer counted, so neither is its time).
+
+With ``workers: N`` each worker writes its ``snapshot`` to ``<run folder>/traffic/<pid>.json``
+``PUBLISH_SECONDS`` after its counts changed, and once more when it stops (snapshots.py);
+the supervisor ``read``s them (deleting a file not rewritten for an hour) and ``merge``s
+them when the suggestion is asked for. An idle worker does nothing, on no tick.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import os
 import time
 from collections import deque
@@ -33,19 +37,19 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from corsproxy.config import suggest
-from corsproxy.config.load import parse_settings
-from corsproxy.config.tree import ConfigInvalid
-from corsproxy.engine.policy import Settings
+from corsproxy.engine.headers import is_token
+from corsproxy.observe import snapshots
 
 BUCKET = 60  # seconds per bucket
 WINDOW = 3600  # seconds of traffic kept: the current bucket and the 59 before it
 BUCKETS = WINDOW // BUCKET
-MAX_KEYS = 5_000  # entries (one key in one bucket) kept per process, over all buckets
-MAX_KEY_CHARS = 1024  # an Origin and header list longer than this together is not kept
+MAX_KEYS = 5_000  # different keys kept per process over the hour
+MAX_ENTRIES = 30_000  # (key, minute) entries kept per process over the hour
+MAX_KEY_CHARS = 1024  # a key whose fields are longer than this together is not kept
 PUBLISH_SECONDS = 5.0  # a worker rewrites its file at most this often, while counts change
+# Why a request was not tracked (see the module's docstring), as snapshots and merge name it.
+LOST = ("long", "keys", "entries")
 
 # The access log's fields: route, origin, kind, method, request_method, request_headers,
 # credentials (docs/operations.md#access-log)
@@ -53,28 +57,38 @@ RawKey = tuple[str, str, str, str, "str | None", "str | None", "bool | None"]
 
 
 class Bucket:
-    """One minute's counts: key -> [count, first seen, last seen] (Unix seconds)."""
+    """One minute's counts: key -> [count, first seen, last seen] (Unix seconds), and the
+    requests not tracked, by limit."""
 
-    __slots__ = ("counts", "index", "untracked")
+    __slots__ = ("counts", "index", "lost")
 
     def __init__(self, index: int) -> None:
         self.index = index  # Unix time // BUCKET
         self.counts: dict[RawKey, list[Any]] = {}
-        self.untracked = 0
+        self.lost = dict.fromkeys(LOST, 0)
 
 
 class Traffic:
     """One process's CORS requests of the last hour (see the module's docstring). ``clock``
     is injectable so tests age buckets without waiting."""
 
-    def __init__(self, clock: Callable[[], float] = time.time, max_keys: int = MAX_KEYS) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        max_keys: int = MAX_KEYS,
+        max_entries: int = MAX_ENTRIES,
+    ) -> None:
         self.clock = clock
         self.max_keys = max_keys
+        self.max_entries = max_entries
         self.buckets: deque[Bucket] = deque()
         self.current = Bucket(-1)
         self.ends = float("-inf")  # when the current bucket's minute is over
-        self.size = 0  # entries over all buckets
-        self.dirty = False  # counted since the last write: a worker's writer is awake
+        # every key some bucket holds -> [buckets holding it, the key object they share]
+        self.keys: dict[RawKey, list[Any]] = {}
+        self.entries = 0  # (key, minute) entries over all buckets
+        self.dirty = False  # counted since the last snapshot: a worker's writer is awake
+        self.version = 0  # bumped when dirty becomes true: the counts changed
         self.on_change: Callable[[], None] | None = None  # called when dirty becomes true
 
     def add(
@@ -93,23 +107,50 @@ class Traffic:
         now = self.clock()
         if now >= self.ends:
             self.rotate(now)
-        bucket = self.current
         if not self.dirty:
-            self.dirty = True
-            if self.on_change is not None:
-                self.on_change()
+            self.changed()
         key = (route, origin, kind, method, request_method, request_headers, credentials)
-        entry = bucket.counts.get(key)
+        entry = self.current.counts.get(key)
         if entry is not None:
             entry[0] += 1
             entry[2] = now
-        elif (
-            self.size < self.max_keys and len(origin) + len(request_headers or "") <= MAX_KEY_CHARS
-        ):
-            bucket.counts[key] = [1, now, now]
-            self.size += 1
         else:
-            bucket.untracked += 1
+            self.first_this_minute(key, now)
+
+    def changed(self) -> None:
+        self.dirty = True
+        self.version += 1
+        if self.on_change is not None:
+            self.on_change()
+
+    def first_this_minute(self, key: RawKey, now: float) -> None:
+        """A key not yet in this minute's bucket: a new entry, within the limits."""
+        bucket = self.current
+        asked = key[4]
+        if asked and not is_token(asked):  # counted as corsproxy suggest counts it
+            key = (*key[:4], "", *key[5:])  # type: ignore[assignment]
+            entry = bucket.counts.get(key)
+            if entry is not None:
+                entry[0] += 1
+                entry[2] = now
+                return
+        held = self.keys.get(key)
+        if held is None:
+            size = len(key[0]) + len(key[1]) + len(key[3]) + len(key[4] or "") + len(key[5] or "")
+            if size > MAX_KEY_CHARS:
+                bucket.lost["long"] += 1
+                return
+            if len(self.keys) >= self.max_keys:
+                bucket.lost["keys"] += 1
+                return
+        if self.entries >= self.max_entries:
+            bucket.lost["entries"] += 1
+            return
+        if held is None:
+            held = self.keys[key] = [0, key]
+        held[0] += 1
+        bucket.counts[held[1]] = [1, now, now]  # the shared key: its strings are kept once
+        self.entries += 1
 
     def rotate(self, now: float) -> None:
         index = int(now // BUCKET)
@@ -120,81 +161,88 @@ class Traffic:
         self.ends = (index + 1) * BUCKET
 
     def expire(self, index: int) -> None:
-        """Drop the buckets that are not among the BUCKETS ending with minute ``index``."""
+        """Drop the buckets that are not among the BUCKETS ending with minute ``index``, and
+        the keys no bucket holds any more."""
+        keys = self.keys
         while self.buckets and self.buckets[0].index <= index - BUCKETS:
-            self.size -= len(self.buckets.popleft().counts)
+            counts = self.buckets.popleft().counts
+            self.entries -= len(counts)
+            for key in counts:
+                held = keys[key]
+                held[0] -= 1
+                if not held[0]:
+                    del keys[key]
 
 
 def snapshot(traffic: Traffic) -> dict[str, Any]:
-    """The buckets of the last hour as plain data (also what a worker writes)."""
+    """The buckets of the last hour as plain data (new lists of strings and numbers: a
+    thread may read it while the proxy counts on), also what a worker writes: each key once
+    in ``keys``, each bucket's rows ``[key number, count, first, last]``."""
     traffic.expire(int(traffic.clock() // BUCKET))
-    return {
-        "pid": os.getpid(),
-        "bucket": BUCKET,
-        "buckets": [
-            [b.index, b.untracked, [[*key, *entry] for key, entry in list(b.counts.items())]]
-            for b in list(traffic.buckets)
-        ],
-    }
-
-
-def write_snapshot(traffic: Traffic, folder: Path) -> None:
-    """Atomically (a temporary file, then a rename)."""
-    final = folder / f"{os.getpid()}.json"
-    partial = folder / f".{os.getpid()}.json.new"
-    partial.write_text(json.dumps(snapshot(traffic), separators=(",", ":")))
-    partial.replace(final)
+    traffic.dirty = False
+    numbers: dict[RawKey, int] = {}
+    keys: list[list[Any]] = []
+    buckets = []
+    for b in traffic.buckets:
+        rows = []
+        for key, (count, first, last) in b.counts.items():
+            n = numbers.get(key)
+            if n is None:
+                n = numbers[key] = len(keys)
+                keys.append(list(key))
+            rows.append([n, count, first, last])
+        buckets.append([b.index, dict(b.lost), rows])
+    return {"pid": os.getpid(), "bucket": BUCKET, "keys": keys, "buckets": buckets}
 
 
 async def publish(traffic: Traffic, folder: Path) -> None:
-    """A worker: rewrite its file shortly after its counts changed (what follows within
-    PUBLISH_SECONDS goes into the same write), until cancelled. Woken by the first request
-    after a write, never on a tick."""
-    changed = asyncio.Event()
-    traffic.on_change = changed.set
-    if traffic.dirty:  # counted before this writer started
-        changed.set()
-    try:
-        while True:
-            await changed.wait()
-            await asyncio.sleep(PUBLISH_SECONDS)  # gather what follows into the same write
-            changed.clear()
-            traffic.dirty = False
-            with contextlib.suppress(OSError):
-                write_snapshot(traffic, folder)
-    finally:
-        traffic.on_change = None
+    """A worker: rewrite its file PUBLISH_SECONDS after its counts changed (what follows
+    goes into the same write), until cancelled, and once more then (snapshots.publish)."""
+    await snapshots.publish(
+        traffic, folder, lambda: snapshot(traffic), PUBLISH_SECONDS, pending=traffic.dirty
+    )
 
 
-def read_snapshots(folder: Path) -> list[dict[str, Any]]:
-    """Every worker's file (one caught mid-rename or unreadable is skipped)."""
+def read(folder: Path) -> list[dict[str, Any]]:
+    """Every worker's file; one not rewritten for an hour holds nothing that still counts:
+    it is deleted (a replaced worker's)."""
+    return snapshots.read(folder, max_age=WINDOW)
+
+
+def folder_version(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """What changes when a worker rewrites its file (for the suggestion's cache)."""
     found = []
-    for path in sorted(folder.glob("*.json")):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict):
-            found.append(data)
-    return found
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.endswith(".json") and not entry.name.startswith("."):
+                try:
+                    stat = entry.stat()
+                except OSError:
+                    continue
+                found.append((entry.name, stat.st_mtime_ns, stat.st_size))
+    return tuple(sorted(found))
 
 
 # --- when the suggestion is asked for -------------------------------------------------
 
 
-def merge(snapshots: Iterable[dict[str, Any]], now: float) -> tuple[dict[RawKey, list[Any]], int]:
+def merge(
+    snapshots: Iterable[dict[str, Any]], now: float
+) -> tuple[dict[RawKey, list[Any]], dict[str, int]]:
     """The counts of the last hour of every snapshot, by key: [count, first, last], and the
-    requests not tracked."""
+    requests not tracked, by limit (LOST)."""
     oldest = int(now // BUCKET) - BUCKETS + 1
     counts: dict[RawKey, list[Any]] = {}
-    untracked = 0
+    lost = dict.fromkeys(LOST, 0)
     for snap in snapshots:
-        for index, lost, rows in snap.get("buckets", ()):
+        keys: list[RawKey] = [tuple(k) for k in snap.get("keys", ())]  # type: ignore[misc]
+        for index, dropped, rows in snap.get("buckets", ()):
             if index < oldest:
                 continue
-            untracked += lost
-            for *fields, count, first, last in rows:
-                key: RawKey = tuple(fields)  # type: ignore[assignment]
+            for reason in LOST:
+                lost[reason] += dropped.get(reason, 0)
+            for n, count, first, last in rows:
+                key = keys[n]
                 found = counts.get(key)
                 if found is None:
                     counts[key] = [count, first, last]
@@ -202,7 +250,7 @@ def merge(snapshots: Iterable[dict[str, Any]], now: float) -> tuple[dict[RawKey,
                     found[0] += count
                     found[1] = min(found[1], first)
                     found[2] = max(found[2], last)
-    return counts, untracked
+    return counts, lost
 
 
 def stamp(seconds: float) -> str:
@@ -229,84 +277,19 @@ def observations(counts: dict[RawKey, list[Any]]) -> suggest.Observations:
     return obs
 
 
-def config_text(settings: Settings) -> tuple[str, Settings, str | None, list[str]]:
-    """The text to write the rules into: the file the running settings came from, when it
-    reads and passes check now (its comments kept), else the running settings written out.
-    Returns the text, the settings it holds, the file (None: the running settings) and notes."""
-    path = settings.source
-    notes: list[str] = []
-    if path and not path.startswith("<") and os.path.isfile(path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-            found, _ = parse_settings(text, path)
-            return text, found, path, notes
-        except (OSError, UnicodeDecodeError, ConfigInvalid):
-            notes.append(
-                f"# {path} does not read or pass check now: written against the running "
-                "settings instead"
-            )
-    plain = settings.effective if isinstance(settings.effective, dict) else {}
-    text = yaml.safe_dump(plain, sort_keys=False, default_flow_style=False, allow_unicode=True)
-    return text, settings, None, notes
-
-
-class Suggester:
-    """What ``/suggest.json`` and ``/suggest.yaml`` answer, worked out when asked.
-    ``snapshots`` yields the ``snapshot`` of every process's Traffic."""
-
-    def __init__(
-        self,
-        settings: Callable[[], Settings],
-        snapshots: Callable[[], list[dict[str, Any]]],
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.settings = settings
-        self.snapshots = snapshots
-        self.clock = clock
-
-    def suggestion(self, min_count: int = 1) -> dict[str, Any]:
-        counts, untracked = merge(self.snapshots(), self.clock())
-        obs = observations(counts)
-        text, settings, path, notes = config_text(self.settings())
-        refs = suggest.policy_refs(settings)
-        plans = suggest.plan(obs, refs, min_count)
-        requests = obs.cors_requests + untracked
-        first = min((c[1] for c in counts.values()), default=None)
-        last = max((c[2] for c in counts.values()), default=None)
-        seen = f", {stamp(first)} to {stamp(last)}" if first is not None and last else ""
-        head = [
-            "# Suggested by corsproxy's admin page from the last hour of traffic it holds: "
-            f"{requests} cross-origin request(s){seen}. A suggestion to review, not applied: "
-            "read every RISKY line before enforcing.",
-            *notes,
-        ]
-        if untracked:
-            head.append(
-                f"# {untracked} request(s) not counted: more than {MAX_KEYS} different "
-                "(route, origin, method, headers) combinations in the hour, or an Origin and "
-                f"header list over {MAX_KEY_CHARS} characters"
-            )
-        head += suggest.preamble(obs, plans, suggest.unknown_routes(obs, refs))[1:]
-        head += suggest.report_only_note(settings)
-        source = path or "the running settings"
-        error = None
-        try:
-            out = suggest.render(text, plans, head)
-            parse_settings(out, path or settings.source)  # never show rules check refuses
-        except (ValueError, ConfigInvalid) as exc:
-            out, error = "", f"no suggestion: {exc}"
-        return {
-            "yaml": out,
-            "error": error,
-            "against": source,
-            "min_count": min_count,
-            "window": WINDOW,
-            "bucket": BUCKET,
-            "requests": requests,
-            "untracked": untracked,
-            "keys": len(counts),
-            "first": first,
-            "last": last,
-            "now": self.clock(),
-        }
+def lost_note(lost: dict[str, int]) -> list[str]:
+    """The comment that says how many requests were not counted, and which limit each hit."""
+    total = sum(lost.values())
+    if not total:
+        return []
+    why = {
+        "keys": f"past the cap of {MAX_KEYS} different (route, origin, method, headers) "
+        "combinations a process keeps for the hour",
+        "entries": f"past the cap of {MAX_ENTRIES} (combination, minute) counts a process "
+        "keeps for the hour",
+        "long": f"with an Origin, method and header list over {MAX_KEY_CHARS} characters together",
+    }
+    parts = [
+        f"{lost[reason]} {why[reason]}" for reason in ("keys", "entries", "long") if lost[reason]
+    ]
+    return [f"# {total} request(s) not counted: " + "; ".join(parts)]

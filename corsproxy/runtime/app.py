@@ -20,7 +20,7 @@ from corsproxy.http.upstream import UpstreamPool
 from corsproxy.observe import traffic
 from corsproxy.observe.live import LiveState, snapshot
 from corsproxy.observe.metrics import ReloadMetrics, RequestMetrics, exposition
-from corsproxy.runtime.admin import AdminServer, AdminView, start_admin
+from corsproxy.runtime.admin import AdminServer, AdminView, Suggester, start_admin
 from corsproxy.runtime.reload import ConfigSource, Reloader
 
 log = logging.getLogger("corsproxy")
@@ -223,9 +223,10 @@ def admin_view(
         config=lambda: config_view(running.proxy.settings),
         state=live.state,
         sample=live.sample,
-        suggestion=traffic.Suggester(
+        suggestion=Suggester(
             lambda: running.proxy.settings,
-            lambda: [traffic.snapshot(running.proxy.live.traffic)],
+            lambda: [traffic.snapshot(running.proxy.live.traffic)],  # on the loop, then a thread
+            lambda: running.proxy.live.traffic.version,
         ).suggestion,
     )
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from corsproxy.config.view import config_view, host_port
 from corsproxy.engine.policy import Settings
-from corsproxy.observe import traffic
+from corsproxy.observe import snapshots, traffic
 from corsproxy.observe.live import LiveState, publish, read_snapshots
 from corsproxy.observe.metrics import (
     ReloadMetrics,
@@ -34,7 +34,7 @@ from corsproxy.observe.metrics import (
     exposition,
     multiprocess_registry,
 )
-from corsproxy.runtime.admin import AdminView
+from corsproxy.runtime.admin import AdminView, Suggester
 from corsproxy.runtime.app import (
     TLSError,
     bind_failure,
@@ -148,9 +148,11 @@ class Supervisor:
             config=lambda: config_view(self.settings),
             state=live.state,
             sample=live.sample,
-            suggestion=traffic.Suggester(
+            suggestion=Suggester(
                 lambda: self.settings,
-                lambda: traffic.read_snapshots(self.rundir / "traffic"),
+                lambda: traffic.read(self.rundir / "traffic"),  # in the thread
+                lambda: traffic.folder_version(self.rundir / "traffic"),
+                threadsafe=True,
             ).suggestion,
         )
         try:
@@ -196,6 +198,9 @@ class Supervisor:
                     )
                     self.ready_file(process).unlink(missing_ok=True)
                     self.workers[index] = self.spawn()
+                    alive = {p.pid for p in self.workers if p.pid is not None}
+                    for folder in ("live", "traffic"):
+                        snapshots.prune(self.rundir / folder, alive, spare=len(self.workers))
 
     async def stop_workers(self) -> None:
         for process in self.workers:
@@ -283,8 +288,10 @@ async def worker_serve(rundir: Path, supervisor: int) -> int:
         await stop.wait()
     finally:
         follower.cancel()
-        publisher.cancel()
-        counts.cancel()
         ready.unlink(missing_ok=True)
         await running.stop()
+        # After the last request: each writer writes what changed since its last write.
+        publisher.cancel()
+        counts.cancel()
+        await asyncio.gather(publisher, counts, return_exceptions=True)
     return 0

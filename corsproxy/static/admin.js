@@ -137,7 +137,7 @@
       let text = s.requests + " cross-origin requests counted in the last " + minutes(s.window) +
         " (counted by the " + (s.bucket === 60 ? "minute" : minutes(s.bucket)) + seen + "), written into " + s.against +
         ", min count " + s.min_count + "; worked out at " + clock(s.now);
-      if (s.untracked) text += "; " + s.untracked + " not counted (over the cap, see the comments)";
+      if (s.untracked) text += "; " + s.untracked + " not counted (over a limit, see the comments)";
       meta.textContent = text;
       yaml.textContent = s.error || s.yaml;
       yaml.className = s.error ? "failed" : "";

@@ -756,7 +756,6 @@ def run_suggest(args: argparse.Namespace) -> int:
     except ConfigInvalid as exc:
         print_diagnostics(exc.diagnostics)
         return EXIT_INVALID
-    refs = suggest.policy_refs(settings)
     obs = suggest.Observations(since=since)
     started = time.perf_counter()
     try:
@@ -770,17 +769,13 @@ def run_suggest(args: argparse.Namespace) -> int:
                     obs.add_line(line)
     except OSError as exc:
         return fail(f"cannot read {exc.filename or log_path}: {exc.strerror or exc}")
-    plans = suggest.plan(obs, refs, args.min_count)
-    head = suggest.preamble(obs, plans, suggest.unknown_routes(obs, refs))
-    head += suggest.report_only_note(settings)
     try:
-        out = suggest.render(text, plans, head)
-    except ValueError as exc:
-        return fail(f"{path}: {exc}")
-    try:
-        parse_settings(out, path)
-    except ConfigInvalid as exc:  # a bug: never print rules that check would refuse
-        print("corsproxy suggest: internal error: the suggestion fails check:", file=sys.stderr)
+        out = suggest.suggest_config(text, path, settings, obs, args.min_count)
+    except suggest.NoSuggestion as exc:
+        if exc.diagnostics is None:
+            return fail(exc.message)
+        # a bug: never print rules that check would refuse
+        print(f"corsproxy suggest: internal error: {exc.message}", file=sys.stderr)
         print_diagnostics(exc.diagnostics)
         return 1
     sys.stdout.write(suggest.diff(text, out, path) if args.diff else out)

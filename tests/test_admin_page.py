@@ -19,7 +19,7 @@ import tracemalloc
 import urllib.request
 from pathlib import Path
 
-from procutil import accepts, free_port, run, running
+from procutil import accepts, eventually, free_port, run, running
 from prometheus_client.parser import text_string_to_metric_families
 from test_suggest import MIX, REPORT_ONLY, allows_every_origin, read_log, send
 
@@ -700,3 +700,32 @@ def test_prune_keeps_the_living_and_the_newest_dead(tmp_path: Path) -> None:
         "102.json",
         "104.json",
     ]
+
+
+async def test_traffic_is_counted_only_when_an_admin_listener_can_show_it(
+    upstream, make_proxy, client
+) -> None:
+    """Without ``admin`` nothing could ever read the counts, so the request path does not
+    keep them; with it, each CORS request is one count under the access log's fields."""
+    upstream.handler = allows_every_origin
+    for admin in (False, True):
+        head = "admin: 127.0.0.1:0\n" if admin else ""
+        proxy = await make_proxy(head + REPORT_ONLY, upstream=upstream.url)
+        for _ in range(3):
+            assert await send(client, proxy.url, MIX[0]) is True
+        decisions = list(proxy.proxy.memo.decisions.values())
+        assert decisions and all((p.counted is not None) is admin for p in decisions)
+        if admin:
+            await eventually(lambda p=proxy: sum(traffic_totals(p).values()) == 3)
+            (key,) = traffic_totals(proxy)
+            assert key == ("api", MIX[0].origin, "actual", "GET", None, None, True)
+        else:
+            assert traffic_totals(proxy) == {}
+
+
+def traffic_totals(running) -> dict[tuple, int]:  # type: ignore[no-untyped-def]
+    totals: dict[tuple, int] = {}
+    for bucket in running.proxy.live.traffic.buckets:
+        for key, (count, _first, _last) in bucket.counts.items():
+            totals[key] = totals.get(key, 0) + count
+    return totals

@@ -40,6 +40,7 @@ from corsproxy.http.upstream import BrokenBody, UpstreamConnection, UpstreamErro
 from corsproxy.observe import accesslog
 from corsproxy.observe.live import REFUSED, LiveLog
 from corsproxy.observe.metrics import RequestMetrics
+from corsproxy.observe.traffic import RawKey
 
 log = logging.getLogger("corsproxy")
 
@@ -78,6 +79,7 @@ class Outcome:
     received: int | None = None  # bytes from the client, for a WebSocket session
     note: str = ""  # why the proxy answered an error itself, for the log
     started: float = field(default_factory=perf_counter)
+    prepared: Prepared | None = None  # the memoised decision, with what logs and counts need
 
 
 class UpstreamFault(Exception):
@@ -122,7 +124,9 @@ class Proxy:
         websocket = b"upgrade" in request.fields and is_websocket(request)
         prepared = memo.decision(route, request, websocket)
         decision = prepared.decision
-        outcome = request.outcome = Outcome(route.name, decision, started=request.started)
+        outcome = request.outcome = Outcome(
+            route.name, decision, started=request.started, prepared=prepared
+        )
         if target is None:
             # Refused whatever the policy says, preflights included (configuration.md); the
             # decision only tells whether an allowed page may read the 400.
@@ -394,23 +398,20 @@ class Proxy:
             seconds,
         )
         self.metrics.respond(outcome.route, status)  # metric hook: corsproxy_responses_total
-        kind = decision.kind
-        asked_method, asked_headers = (
-            preflight_asked(keyed) if kind is Kind.PREFLIGHT else (None, None)
-        )
-        if kind is not Kind.NONE:  # the admin page's suggestion: one dict increment
-            self.live.traffic.add(
-                outcome.route,
-                decision.origin or origin,
-                kind.value,
-                method,
-                asked_method,
-                asked_headers,
-                credentials,
-            )
+        prepared = outcome.prepared
+        counted = prepared.counted if prepared is not None else None
+        if counted is not None and credentials is not None:
+            # the admin page's suggestion: one dict increment, on a key built once per decision
+            self.live.traffic.count(counted[credentials])
         style = self.settings.access_log
         if style == "off":
             return
+        if prepared is not None:
+            asked_method, asked_headers = prepared.asked
+        elif decision.kind is Kind.PREFLIGHT:
+            asked_method, asked_headers = preflight_asked(keyed)
+        else:
+            asked_method, asked_headers = None, None
         accesslog.write(
             accesslog.record(
                 client=client,
@@ -464,14 +465,33 @@ class Prepared:
     decision: Decision
     lines: list[bytes]
     answer: tuple[int, list[bytes], bytes] | None
+    # A preflight's requested method and header names (the access log's request_method and
+    # request_headers), and the admin page's traffic keys without and with credentials
+    # (None: not a CORS request, or no admin listener to show them): worked out once.
+    asked: tuple[str | None, str | None] = (None, None)
+    counted: tuple[RawKey, RawKey] | None = None
 
 
-def prepare(decision: Decision) -> Prepared:
+def prepare(
+    decision: Decision,
+    route: str = "",
+    request: Exchange | None = None,
+    count: bool = False,
+) -> Prepared:
     answer = None
     if decision.action is Action.ANSWER:
         pairs, body = answer_parts(decision)
         answer = (decision.status, encode(pairs), body)
-    return Prepared(decision, encode(decision_pairs(decision)), answer)
+    asked: tuple[str | None, str | None] = (None, None)
+    counted = None
+    if request is not None and decision.kind is not Kind.NONE:
+        if decision.kind is Kind.PREFLIGHT:
+            asked = preflight_asked(request.keyed)
+        origin = decision.origin or request.header(b"origin")
+        if count and origin is not None:
+            fields = (route, origin, decision.kind.value, request.method, *asked)
+            counted = ((*fields, False), (*fields, True))
+    return Prepared(decision, encode(decision_pairs(decision)), answer, asked, counted)
 
 
 MEMO_SIZE = 1024  # entries per table
@@ -486,6 +506,7 @@ class Memo:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.count = settings.admin is not None  # count traffic only for an admin page
         self.routes: dict[tuple[bytes, str], tuple[Target | None, str, Route]] = {}
         self.decisions: dict[tuple[object, ...], Prepared] = {}
 
@@ -515,7 +536,7 @@ class Memo:
             decision = PASSTHROUGH
             if route.policy is not None:
                 decision = decide(route.policy, request_facts(request, self.settings, websocket))
-            found = prepare(decision)
+            found = prepare(decision, route.name, request, self.count)
             if sum(map(len, request.keyed)) <= MEMO_KEY_BYTES:
                 if len(self.decisions) >= MEMO_SIZE:
                     self.decisions.clear()

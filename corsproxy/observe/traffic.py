@@ -101,15 +101,18 @@ class Traffic:
         request_headers: str | None,
         credentials: bool | None,
     ) -> None:
-        """A finished CORS request: a dict increment (a new minute also drops old ones)."""
-        if origin is None:
-            return
+        """A finished CORS request, by its fields (see ``count``)."""
+        if origin is not None:
+            self.count((route, origin, kind, method, request_method, request_headers, credentials))
+
+    def count(self, key: RawKey) -> None:
+        """A finished CORS request, by a key the caller built once (the proxy keeps one per
+        memoised decision): a dict increment (a new minute also drops old ones)."""
         now = self.clock()
         if now >= self.ends:
             self.rotate(now)
         if not self.dirty:
             self.changed()
-        key = (route, origin, kind, method, request_method, request_headers, credentials)
         entry = self.current.counts.get(key)
         if entry is not None:
             entry[0] += 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import random
 import signal
@@ -23,12 +24,18 @@ REPO = Path(__file__).resolve().parent.parent
 async def eventually(
     predicate: Callable[[], object], timeout: float = 5.0, what: str = "", interval: float = 0.01
 ) -> None:
-    """Poll ``predicate`` until it is true; fail after ``timeout`` seconds. For waiting on an
-    effect (a request reached the upstream, a request was counted): a fixed sleep is either
-    too short on a slow machine or wastes time on a fast one."""
+    """Poll ``predicate`` (a plain function, or one returning an awaitable such as a scrape
+    of /metrics) until it is true; fail after ``timeout`` seconds. For waiting on an effect
+    (a request reached the upstream, a request was counted): a fixed sleep is either too
+    short on a slow machine or wastes time on a fast one."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not predicate():
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
         if loop.time() > deadline:
             raise AssertionError(f"not within {timeout}s: {what or predicate}")
         await asyncio.sleep(interval)

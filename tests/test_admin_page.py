@@ -237,20 +237,12 @@ ALLOWED = (
 )
 
 
-async def wait_for(predicate, timeout: float = 15.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "not in time"
-        await asyncio.sleep(0.1)
-
-
 async def test_two_workers_one_view_totals_equal_metrics(tmp_path: Path) -> None:
     port, admin, dead = free_port(), free_port(), free_port()
     path = tmp_path / "corsproxy.yaml"
     path.write_text(CONFIG.format(port=port, admin=admin, dead=dead, workers=2))
     with running(["serve", "-c", str(path)], tmp_path / "out") as proc:
-        await wait_for(lambda: accepts(admin) and accepts(port))
+        await eventually(lambda: accepts(admin) and accepts(port), timeout=15)
         for _ in range(20):  # fresh connections: both workers answer some
             raw(port, PREFLIGHT)
             raw(port, ALLOWED)
@@ -260,7 +252,7 @@ async def test_two_workers_one_view_totals_equal_metrics(tmp_path: Path) -> None
             refusals = json.loads(get(state_url))["refusals"]
             return bool(refusals) and refusals[0]["count"] == 20
 
-        await wait_for(grouped)
+        await eventually(grouped, timeout=15)
         text = get(f"http://127.0.0.1:{admin}/metrics").decode()
         body = get(state_url).decode()
         state = json.loads(body)
@@ -329,7 +321,7 @@ async def test_grafana_dashboard_names_only_what_metrics_exposes(tmp_path: Path)
     path = tmp_path / "corsproxy.yaml"
     path.write_text(CONFIG.format(port=port, admin=admin, dead=dead, workers=1))
     with running(["serve", "-c", str(path)], tmp_path / "out"):
-        await wait_for(lambda: accepts(admin) and accepts(port))
+        await eventually(lambda: accepts(admin) and accepts(port), timeout=15)
         raw(port, PREFLIGHT)
         raw(port, ALLOWED)  # a 502 and an upstream error: every labelled series exists
         text = get(f"http://127.0.0.1:{admin}/metrics").decode()
@@ -670,12 +662,12 @@ async def test_two_workers_one_suggestion(tmp_path: Path) -> None:
     path.write_text(text.replace("access_log: off", "access_log: json"))
     origins = [f"https://app{i}.example.com".encode() for i in range(6)]
     with running(["serve", "-c", str(path)], tmp_path / "out") as proc:
-        await wait_for(lambda: accepts(admin) and accepts(port))
+        await eventually(lambda: accepts(admin) and accepts(port), timeout=15)
         for origin in origins:
             for _ in range(4):  # fresh connections: both workers answer some
                 raw(port, ALLOWED.replace(b"https://app.example.com", origin))
         url = f"http://127.0.0.1:{admin}/suggest.json"
-        await wait_for(lambda: json.loads(get(url))["requests"] == 24, timeout=30)
+        await eventually(lambda: json.loads(get(url))["requests"] == 24, timeout=30)
         found = json.loads(get(url))
         pids = {json.loads(x)["pid"] for x in proc.stdout().splitlines() if x.startswith("{")}
         assert "Traceback" not in proc.stderr()

@@ -38,10 +38,6 @@ TIMEOUT = aiohttp.ClientTimeout(total=10)
 FRESH = 50  # requests on fresh connections: with two workers, both answer (1 - 2**-49)
 
 
-async def wait_until(predicate, timeout: float = 10.0, what: str = "condition") -> None:
-    await eventually(predicate, timeout, what, interval=0.02)
-
-
 def log_entries(proc: Proc) -> list[dict]:
     return [json.loads(line) for line in proc.stdout().splitlines() if line.startswith("{")]
 
@@ -138,7 +134,9 @@ class Workers:
             status, acao = await self.get(origin)
             expected = (200, allowed) if origin == allowed else (403, None)
             assert (status, acao) == expected, (i, origin)
-        await wait_until(lambda: len(log_entries(self.proc)) >= before + FRESH, what="log lines")
+        await eventually(
+            lambda: len(log_entries(self.proc)) >= before + FRESH, what="log lines", timeout=10
+        )
         return log_entries(self.proc)[before:]
 
 
@@ -172,14 +170,15 @@ async def test_two_workers_both_serve_and_metrics_sum(upstream, tmp_path: Path) 
         assert pids == w.worker_pids(), pids
         assert len(pids) == 2 and w.proc.pid not in pids
         # Each worker counts its own requests; the supervisor's /metrics sums them.
-        await wait_until(lambda: len(upstream.seen) == FRESH // 2, what="upstream requests")
-        total = 0.0
-        for _ in range(40):
-            total = await w.requests_total()
-            if total >= FRESH:
-                break
-            await asyncio.sleep(0.05)
-        assert total == FRESH
+        await eventually(
+            lambda: len(upstream.seen) == FRESH // 2, what="upstream requests", timeout=10
+        )
+
+        async def counted() -> bool:
+            return await w.requests_total() >= FRESH
+
+        await eventually(counted, what="requests counted", timeout=10)
+        assert await w.requests_total() == FRESH
         _, text = await w.admin_get("/metrics")
         series = 'corsproxy_requests_total{{decision="{}",kind="actual",route="default"}} 25.0'
         assert series.format("allowed") in text and series.format("rejected") in text
@@ -191,7 +190,9 @@ async def test_a_reload_reaches_every_worker(upstream, tmp_path: Path) -> None:
 
         # 1. The file is rewritten: the supervisor's poll notices, validates, tells the workers.
         w.write(NEW)
-        await wait_until(lambda: "reload (file changed) applied" in w.proc.stderr(), what="reload")
+        await eventually(
+            lambda: "reload (file changed) applied" in w.proc.stderr(), what="reload", timeout=10
+        )
         await w.until_applied(allowed=NEW, refused=OLD)
         entries = await w.batch(allowed=NEW, refused=OLD)
         assert {e["pid"] for e in entries} == w.worker_pids()
@@ -203,7 +204,9 @@ async def test_a_reload_reaches_every_worker(upstream, tmp_path: Path) -> None:
         w.write(OLD)
         os.utime(w.path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
         w.proc.popen.send_signal(signal.SIGHUP)
-        await wait_until(lambda: "reload (SIGHUP) applied" in w.proc.stderr(), what="reload")
+        await eventually(
+            lambda: "reload (SIGHUP) applied" in w.proc.stderr(), what="reload", timeout=10
+        )
         await w.until_applied(allowed=OLD, refused=NEW)
         entries = await w.batch(allowed=OLD, refused=NEW)
         assert len({e["pid"] for e in entries}) == 2
@@ -218,7 +221,7 @@ async def test_a_killed_worker_is_replaced(upstream, tmp_path: Path) -> None:
         os.kill(victim, signal.SIGKILL)
         # Wait until its sockets are closed (a zombie, or reaped): connections the kernel had
         # queued for it are reset, the ones after that go to the survivor.
-        await wait_until(lambda: gone(victim), what="the worker to die")
+        await eventually(lambda: gone(victim), what="the worker to die", timeout=10)
         # The survivor keeps the port served while the supervisor starts another worker.
         for _ in range(300):
             status, _ = await w.get(OLD)
@@ -244,9 +247,13 @@ async def test_sigterm_stops_supervisor_and_workers(upstream, tmp_path: Path) ->
         status, _ = await w.get(OLD)
         assert status == 200
         w.proc.popen.send_signal(signal.SIGTERM)
-        await wait_until(lambda: w.proc.popen.poll() is not None, what="the supervisor to exit")
+        await eventually(
+            lambda: w.proc.popen.poll() is not None, what="the supervisor to exit", timeout=10
+        )
         assert w.proc.popen.returncode == 0, w.proc.stderr()
-        await wait_until(lambda: all(gone(c.pid) for c in children), what="the workers to stop")
+        await eventually(
+            lambda: all(gone(c.pid) for c in children), what="the workers to stop", timeout=10
+        )
         assert not accepts(w.port) and not accepts(w.admin)
         assert list((tmp_path / "tmp").iterdir()) == [], "the run folder was left behind"
 
@@ -259,17 +266,23 @@ async def test_a_replacement_worker_runs_the_accepted_settings(upstream, tmp_pat
         text = w.path.read_text().replace(f":{w.port}\n", f":{other_port}\n")
         text = text.replace(OLD, NEW)
         w.path.write_text(text)
-        await wait_until(lambda: "reload (file changed) applied" in w.proc.stderr(), what="reload")
+        await eventually(
+            lambda: "reload (file changed) applied" in w.proc.stderr(), what="reload", timeout=10
+        )
         assert re.search(r"reload: .*listen.* changed; that takes a restart", w.proc.stderr())
         w.path.write_text(text + "bogus_key: 1\n")
-        await wait_until(lambda: "refused, the old rules stay" in w.proc.stderr(), what="refusal")
+        await eventually(
+            lambda: "refused, the old rules stay" in w.proc.stderr(), what="refusal", timeout=10
+        )
 
         first = w.worker_pids()
         for victim in sorted(first):  # replace both workers, one after the other
             os.kill(victim, signal.SIGKILL)
-            await wait_until(lambda v=victim: gone(v), what="the worker to die")
-            await wait_until(lambda: len(w.worker_pids()) == 2, what="a replacement")
-        await wait_until(lambda: len(w.worker_pids() - first) == 2, what="two new workers")
+            await eventually(lambda v=victim: gone(v), what="the worker to die", timeout=10)
+            await eventually(lambda: len(w.worker_pids()) == 2, what="a replacement", timeout=10)
+        await eventually(
+            lambda: len(w.worker_pids() - first) == 2, what="two new workers", timeout=10
+        )
         for _ in range(100):
             if (await w.admin_get("/readyz"))[0] == 200:
                 break
@@ -293,11 +306,15 @@ async def test_sigterm_while_workers_start_leaves_nothing_behind(tmp_path: Path)
             children[:] = supervisor.children(recursive=True)
             return any(c.pid in workers_of(supervisor) for c in children)
 
-        await wait_until(spawned, what="a worker process")
+        await eventually(spawned, what="a worker process", timeout=10)
         proc.popen.send_signal(signal.SIGTERM)
-        await wait_until(lambda: proc.popen.poll() is not None, what="the supervisor to exit")
+        await eventually(
+            lambda: proc.popen.poll() is not None, what="the supervisor to exit", timeout=10
+        )
         assert proc.popen.returncode == 0, proc.stderr()
-        await wait_until(lambda: all(gone(c.pid) for c in children), what="the workers to stop")
+        await eventually(
+            lambda: all(gone(c.pid) for c in children), what="the workers to stop", timeout=10
+        )
         assert not accepts(port)
     assert_no_traceback(proc.stdout(), proc.stderr())
 
@@ -306,7 +323,9 @@ async def test_workers_stop_when_the_supervisor_is_killed(upstream, tmp_path: Pa
     async with two_workers(tmp_path, upstream.url) as w:
         children = w.supervisor.children(recursive=True)
         w.proc.popen.send_signal(signal.SIGKILL)
-        await wait_until(lambda: all(gone(c.pid) for c in children), what="the workers to stop")
+        await eventually(
+            lambda: all(gone(c.pid) for c in children), what="the workers to stop", timeout=10
+        )
         assert not accepts(w.port)
         assert "the supervisor is gone; stopping" in w.proc.stderr()
 

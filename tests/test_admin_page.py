@@ -107,6 +107,14 @@ def test_refusal_buffer_is_bounded_and_keeps_the_newest() -> None:
     assert row["origin"] == "https://evil.test"
 
 
+def test_an_actual_request_has_no_requested_method_or_headers() -> None:
+    """Both are null, not one null and one empty, when no Access-Control-Request-* was sent."""
+    log = LiveLog(size=10)
+    log.refusals.append((1.0, "api", rejected(), "https://evil.test", "GET", "/p", ()))
+    (row,) = snapshot(log)["refusals"]
+    assert row["request_method"] is None and row["request_headers"] is None
+
+
 def test_identical_refusals_are_grouped_with_a_count_newest_first() -> None:
     log = LiveLog()
     other = [*KEYED[:-1], b"X-Other"]
@@ -132,7 +140,7 @@ def test_grouping_across_workers_keeps_the_newest_hundred(tmp_path: Path) -> Non
                 "origin": f"https://w{pid}.test",
                 "method": "GET",
                 "request_method": None,
-                "request_headers": "",
+                "request_headers": None,
                 "host": "",
                 "path": "/",
             }

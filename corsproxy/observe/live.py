@@ -120,7 +120,7 @@ def refusal_row(entry: Refusal) -> dict[str, Any]:
         "origin": cut(decision.origin or origin),
         "method": method,
         "request_method": cut(acrm) if acrm is not None else None,
-        "request_headers": cut(", ".join(names)),
+        "request_headers": cut(", ".join(names)) if acrh else None,
         # for explain only; never in /state.json
         "host": cut(host),
         "path": target.split("?", 1)[0][:2048],
@@ -173,7 +173,7 @@ def group_refusals(
             row["origin"],
             row["method"],
             row["request_method"],
-            row["request_headers"].lower(),
+            (row["request_headers"] or "").lower(),
         )
         group = groups.get(key)
         if group is None:
@@ -191,7 +191,7 @@ def suggest(settings: Settings, row: dict[str, Any]) -> list[str]:
         method = row["request_method"]
     elif row["kind"] == "websocket":
         method = "GET"  # the handshake: allowed when its Origin is
-    names = [n.strip() for n in row["request_headers"].split(",") if n.strip()]
+    names = [n.strip() for n in (row["request_headers"] or "").split(",") if n.strip()]
     request = browser.Request(row["origin"], method, tuple((n, "1") for n in names))
     try:
         ex = explain(settings, request, row["path"] or "/", row["host"] or None)

@@ -466,26 +466,29 @@ def _preflight_failure(verdict: Verdict, status: int | None) -> Verdict:
     return Verdict(False, reason, verdict.rule)
 
 
+def advance(steps: Generator[Sent, R, Walk[R]], response: R | None) -> Sent | Walk[R]:
+    """One step of a walk: give it the last response (None to start it), get the next
+    request to send, or the finished Walk."""
+    try:
+        return next(steps) if response is None else steps.send(response)
+    except StopIteration as done:
+        return done.value
+
+
 def drive(steps: Generator[Sent, R, Walk[R]], answer: Callable[[Sent], R]) -> Walk[R]:
     """Run a walk to its end, ``answer`` giving each response (explain: the proxy's
     decision engine)."""
-    response: R | None = None
-    while True:
-        try:
-            sent = next(steps) if response is None else steps.send(response)
-        except StopIteration as done:
-            return done.value
-        response = answer(sent)
+    step = advance(steps, None)
+    while isinstance(step, Sent):
+        step = advance(steps, answer(step))
+    return step
 
 
 async def drive_async(
     steps: Generator[Sent, R, Walk[R]], answer: Callable[[Sent], Awaitable[R]]
 ) -> Walk[R]:
     """``drive`` for an exchange that must be awaited (probe: the network)."""
-    response: R | None = None
-    while True:
-        try:
-            sent = next(steps) if response is None else steps.send(response)
-        except StopIteration as done:
-            return done.value
-        response = await answer(sent)
+    step = advance(steps, None)
+    while isinstance(step, Sent):
+        step = advance(steps, await answer(step))
+    return step

@@ -369,7 +369,7 @@ class Proxy:
                 request.header(b"origin"),
                 outcome.received,
                 request.keyed,
-                carries_credentials(request) if outcome.decision.kind is not Kind.NONE else None,
+                request.headers,
             )
 
     def record(
@@ -383,9 +383,11 @@ class Proxy:
         origin: str | None,
         received: int | None = None,
         keyed: Sequence[bytes] = (),
-        credentials: bool | None = None,
+        headers: Sequence[tuple[bytes, bytes, bytes]] = (),
     ) -> None:
-        """Count a finished request and write its access-log line."""
+        """Count a finished request and write its access-log line. What only the suggestion
+        and the access log use (credentials, the preflight's requested names) is worked out
+        only when one of them is on."""
         decision = outcome.decision
         if decision.verdict in REFUSED:  # live page hook: one append to a bounded deque
             self.live.refused((time(), outcome.route, decision, origin, method, path, keyed))
@@ -400,18 +402,16 @@ class Proxy:
         self.metrics.respond(outcome.route, status)  # metric hook: corsproxy_responses_total
         prepared = outcome.prepared
         counted = prepared.counted if prepared is not None else None
+        style = self.settings.access_log
+        if counted is None and style == "off":
+            return
+        credentials = carries_credentials(headers) if decision.kind is not Kind.NONE else None
         if counted is not None and credentials is not None:
             # the admin page's suggestion: one dict increment, on a key built once per decision
             self.live.traffic.count(counted[credentials])
-        style = self.settings.access_log
         if style == "off":
             return
-        if prepared is not None:
-            asked_method, asked_headers = prepared.asked
-        elif decision.kind is Kind.PREFLIGHT:
-            asked_method, asked_headers = preflight_asked(keyed)
-        else:
-            asked_method, asked_headers = None, None
+        asked_method, asked_headers = prepared.asked if prepared is not None else (None, None)
         accesslog.write(
             accesslog.record(
                 client=client,
@@ -438,9 +438,9 @@ class Proxy:
         log.info("refused a request from %s: %s", conn.peer or "?", message)
 
 
-def carries_credentials(request: Exchange) -> bool:
+def carries_credentials(headers: Iterable[tuple[bytes, bytes, bytes]]) -> bool:
     """A Cookie or Authorization header was sent (the access log's ``credentials``)."""
-    return any(lname in (b"cookie", b"authorization") for lname, _, _ in request.headers)
+    return any(lname in (b"cookie", b"authorization") for lname, _, _ in headers)
 
 
 def preflight_asked(keyed: Sequence[bytes]) -> tuple[str | None, str | None]:
